@@ -1,0 +1,120 @@
+"""The ``scalarlm`` API: bulk generation for clients, and the work protocol for engine workers.
+
+Loaded by Llama Stack from ``distributions/scalarlm/apis/scalarlm.yaml``; the stack calls
+``available_providers()`` and mounts ``create_router(impl)``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from fastapi import APIRouter
+from llama_stack_api import Api, InlineProviderSpec
+from pydantic import BaseModel, Field
+
+from ..queue.schema import QueueStats, RequestStatus, WorkEvent, WorkItem
+
+PREFIX = "/v1/scalarlm"
+
+
+class ChatMessage(BaseModel):
+    role: str = Field(..., pattern="^(system|user|assistant|tool|developer)$")
+    content: str
+
+
+class BulkGenerateRequest(BaseModel):
+    """Many prompts, one call: each prompt is a string (completion) or a list of messages (chat)."""
+
+    model: str
+    prompts: list[str | list[ChatMessage]] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class BulkGenerateResponse(BaseModel):
+    request_ids: list[int]
+
+
+class BulkResultsRequest(BaseModel):
+    request_ids: list[int] = Field(..., min_length=1, max_length=100_000)
+
+
+class BulkResultsResponse(BaseModel):
+    results: list[RequestStatus]
+
+
+class LeaseRequest(BaseModel):
+    worker_id: str = Field(..., min_length=1, max_length=200)
+    models: list[str] = Field(..., min_length=1)
+    capacity: int = Field(..., ge=1, le=100_000)
+    wait_s: float = Field(0.0, ge=0, le=60)
+
+
+class LeaseResponse(BaseModel):
+    items: list[WorkItem]
+
+
+class ReportRequest(BaseModel):
+    worker_id: str = Field(..., min_length=1, max_length=200)
+    events: list[WorkEvent]
+
+
+class HeartbeatRequest(BaseModel):
+    worker_id: str = Field(..., min_length=1, max_length=200)
+
+
+@runtime_checkable
+class ScalarLM(Protocol):
+    async def generate(self, request: BulkGenerateRequest) -> BulkGenerateResponse: ...
+    async def results(self, request: BulkResultsRequest) -> BulkResultsResponse: ...
+    async def queue_stats(self) -> QueueStats: ...
+    async def lease(self, request: LeaseRequest) -> LeaseResponse: ...
+    async def report(self, request: ReportRequest) -> None: ...
+    async def heartbeat(self, request: HeartbeatRequest) -> None: ...
+
+
+def available_providers() -> list[InlineProviderSpec]:
+    return [
+        InlineProviderSpec(
+            api=Api("scalarlm"),
+            provider_type="inline::scalarlm",
+            module="llama_stack_scalarlm.providers.bulk",
+            config_class="llama_stack_scalarlm.config.ScalarLMConfig",
+            description="ScalarLM's request queue: bulk generation and the engine workers' protocol.",
+        )
+    ]
+
+
+def create_router(impl: ScalarLM) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["scalarlm"])
+
+    @router.post("/generate", response_model=BulkGenerateResponse, summary="Queue many prompts; returns ids at once")
+    async def generate(request: BulkGenerateRequest) -> BulkGenerateResponse:
+        return await impl.generate(request)
+
+    @router.post("/generate/results", response_model=BulkResultsResponse, summary="Poll results (handed over once)")
+    async def results(request: BulkResultsRequest) -> BulkResultsResponse:
+        return await impl.results(request)
+
+    @router.get("/queue", response_model=QueueStats, summary="Queue depth and live workers")
+    async def queue_stats() -> QueueStats:
+        return await impl.queue_stats()
+
+    @router.post("/worker/lease", response_model=LeaseResponse, include_in_schema=False)
+    async def lease(request: LeaseRequest) -> LeaseResponse:
+        return await impl.lease(request)
+
+    @router.post("/worker/events", include_in_schema=False)
+    async def report(request: ReportRequest) -> dict:
+        await impl.report(request)
+        return {}
+
+    @router.post("/worker/heartbeat", include_in_schema=False)
+    async def heartbeat(request: HeartbeatRequest) -> dict:
+        await impl.heartbeat(request)
+        return {}
+
+    return router

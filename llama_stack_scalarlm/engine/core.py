@@ -1,0 +1,134 @@
+"""The engine core: one vLLM ``AsyncLLM`` for one model, turning queued requests into results.
+
+Prompts are rendered and tokenized here, where the model's tokenizer is, so the context check
+(prompt + max_tokens within ``max_model_len``) happens before vLLM sees the request and comes
+back to the client as a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ..config import ScalarLMConfig
+from ..queue.schema import Choice, ChoiceDelta, GenerationRequest, GenerationResult, RequestError, WorkItem
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[int, list[ChoiceDelta]], Awaitable[None] | None]
+
+
+def configure_vllm_environment(config: ScalarLMConfig) -> None:
+    """vLLM reads these at import: set them before ``import vllm``."""
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(config.state_dir / "cache" / "vllm"))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.engine.kv_cache_gib))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if config.engine.device == "cpu" or (config.engine.device == "auto" and not _has_gpu()):
+        os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class EngineCore:
+    def __init__(self, config: ScalarLMConfig, model_name: str, model_path: Path):
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.config = config
+        self.model_name = model_name
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        args = AsyncEngineArgs(
+            model=str(model_path),
+            served_model_name=model_name,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.engine.max_num_seqs,
+            enforce_eager=config.engine.enforce_eager,
+            dtype=config.engine.dtype,
+            seed=config.engine.seed,
+            tensor_parallel_size=config.engine.tensor_parallel_size,
+            gpu_memory_utilization=config.engine.gpu_memory_utilization,
+            disable_log_stats=True,
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+
+    @property
+    def capacity(self) -> int:
+        return self.config.engine.max_num_seqs
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.kind == "chat":
+            rendered = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(request.prompt)["input_ids"]
+
+    def check(self, request: GenerationRequest, prompt_len: int) -> RequestError | None:
+        limit = self.config.max_model_len
+        field = "messages" if request.kind == "chat" else "prompt"
+        if prompt_len >= limit:
+            return RequestError(field=field, message=f"{field}: {prompt_len} tokens, the model's context is {limit}")
+        if request.max_tokens is not None and prompt_len + request.max_tokens > limit:
+            return RequestError(
+                field="max_tokens",
+                message=f"max_tokens: {request.max_tokens} + {prompt_len} prompt tokens exceeds the context ({limit})",
+            )
+        return None
+
+    async def run(self, item: WorkItem, emit: Emit) -> GenerationResult:
+        """Generate ``item``; for streaming requests ``emit(id, deltas)`` is called as text arrives."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        request = item.request
+        try:
+            ids = self.prompt_ids(request)
+        except Exception as exc:  # a chat template rejecting the messages is the client's error
+            return GenerationResult(error=RequestError(field="messages", message=f"messages: {exc}"))
+        if error := self.check(request, len(ids)):
+            return GenerationResult(prompt_tokens=len(ids), error=error)
+        params = SamplingParams(
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens or self.config.max_model_len - len(ids),
+            stop=request.stop or None,
+            seed=request.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        texts = [""] * request.n
+        tokens = [0] * request.n
+        reasons: list[str | None] = [None] * request.n
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=str(item.id)):
+            deltas = []
+            for c in out.outputs:
+                texts[c.index] += c.text
+                tokens[c.index] += len(c.token_ids)
+                reasons[c.index] = c.finish_reason or reasons[c.index]
+                if request.stream and (c.text or c.finish_reason):
+                    deltas.append(ChoiceDelta(index=c.index, text=c.text, finish_reason=_finish(c.finish_reason)))
+            if deltas:
+                maybe = emit(item.id, deltas)
+                if maybe is not None:
+                    await maybe
+        choices = [
+            Choice(index=i, text=texts[i], finish_reason=_finish(reasons[i]) or "stop", completion_tokens=tokens[i])
+            for i in range(request.n)
+        ]
+        return GenerationResult(choices=choices, prompt_tokens=len(ids))
+
+
+def _finish(reason: str | None):
+    if reason is None:
+        return None
+    return "length" if reason == "length" else "stop"

@@ -1,0 +1,96 @@
+"""Dev mode: the server starts its own engine workers and restarts any that die.
+
+Runs in a thread of the server process (the stack initializes providers in a throwaway event
+loop, so no asyncio task could outlive it). Imports no torch: workers are separate processes.
+On a cluster, set ``workers: 0`` and start workers yourself (or as SLURM jobs) with
+``python -m llama_stack_scalarlm.engine.worker --server-url ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from ..config import ScalarLMConfig
+from ..queue.store import RequestStore
+
+log = logging.getLogger(__name__)
+
+_CHECK_S = 0.5
+_RESTART_BACKOFF_S = 2.0
+
+
+class WorkerSupervisor:
+    def __init__(self, config: ScalarLMConfig, store: RequestStore):
+        self.config = config
+        self.store = store
+        self._stop = threading.Event()
+        self._procs: dict[int, tuple[subprocess.Popen, str]] = {}
+        self._thread = threading.Thread(target=self._run, name="scalarlm-workers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for proc, _ in self._procs.values():
+            proc.terminate()
+        for proc, _ in self._procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def worker_pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self._procs.values() if proc.poll() is None]
+
+    def _run(self) -> None:
+        url = self.config.server_url or self._discover_own_url()
+        if url is None:
+            return
+        log.info("starting %d engine worker(s) for %s", self.config.workers, url)
+        generation = 0
+        while not self._stop.is_set():
+            for slot in range(self.config.workers):
+                entry = self._procs.get(slot)
+                if entry is not None and entry[0].poll() is None:
+                    continue
+                if entry is not None:
+                    log.warning("worker %s exited with %s; restarting", entry[1], entry[0].returncode)
+                    self.store.release_worker(entry[1])  # its leases go back now, not at expiry
+                    time.sleep(_RESTART_BACKOFF_S)
+                generation += 1
+                self._procs[slot] = self._spawn(slot, generation, url)
+            self._stop.wait(_CHECK_S)
+
+    def _spawn(self, slot: int, generation: int, url: str) -> tuple[subprocess.Popen, str]:
+        models = self.config.models
+        model = models[slot % len(models)]
+        worker_id = f"{socket.gethostname()}-w{slot}-{generation}"
+        self.config.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path: Path = self.config.logs_dir / f"worker-{slot}.log"
+        env = {**os.environ, **self.config.to_env()}
+        cmd = [sys.executable, "-m", "llama_stack_scalarlm.engine.worker", "--server-url", url, "--model", model,
+               "--worker-id", worker_id, "--parent-pid", str(os.getpid())]
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        log.info("worker %s (pid %d) serving %s, log %s", worker_id, proc.pid, model, log_path)
+        return proc, worker_id
+
+    def _discover_own_url(self) -> str | None:
+        """The port uvicorn listens on (``--port`` wins over the run config, so ask the socket)."""
+        me = psutil.Process()
+        while not self._stop.is_set():
+            ports = sorted({c.laddr.port for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN})
+            if ports:
+                return f"http://127.0.0.1:{ports[0]}"
+            self._stop.wait(0.2)
+        return None

@@ -1,0 +1,145 @@
+"""Engine worker entrypoint: ``python -m llama_stack_scalarlm.engine.worker --server-url URL``.
+
+A thin loop over the engine core: lease as many requests as there is free capacity, run them
+concurrently in vLLM (continuous batching stays full, never overfilled), and report deltas and
+results in batches. A result is dropped from the outbox only once the server has stored it; if
+this process dies, its leases expire and go to another worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+import uuid
+
+from ..config import ScalarLMConfig
+from ..models.store import ModelStore
+from ..queue.schema import ChoiceDelta, GenerationResult, RequestError, WorkEvent, WorkItem
+from .gateway import WorkerGateway
+
+log = logging.getLogger("scalarlm.worker")
+
+_IDLE_WAIT_S = 10.0
+_BUSY_WAIT_S = 0.2
+_RETRY_S = 1.0
+
+
+class Worker:
+    def __init__(self, config: ScalarLMConfig, core, gateway: WorkerGateway, parent_pid: int | None):
+        self.config = config
+        self.core = core
+        self.gateway = gateway
+        self.parent_pid = parent_pid
+        self.outbox: asyncio.Queue[WorkEvent] = asyncio.Queue()
+        self.running: set[asyncio.Task] = set()
+
+    async def serve(self) -> None:
+        tasks = [asyncio.create_task(self._report_loop()), asyncio.create_task(self._heartbeat_loop())]
+        try:
+            await self._lease_loop()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _lease_loop(self) -> None:
+        while self._parent_alive():
+            free = self.core.capacity - len(self.running)
+            if free <= 0:
+                await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                items = await self.gateway.lease(
+                    [self.core.model_name], free, _BUSY_WAIT_S if self.running else _IDLE_WAIT_S
+                )
+            except Exception as exc:  # server restarting: keep what runs, try again
+                log.warning("lease failed: %s", exc)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            for item in items:
+                task = asyncio.create_task(self._run(item))
+                self.running.add(task)
+                task.add_done_callback(self.running.discard)
+
+    async def _run(self, item: WorkItem) -> None:
+        try:
+            result = await self.core.run(item, self._emit)
+        except Exception as exc:
+            log.exception("request %s failed", item.id)
+            result = GenerationResult(error=RequestError(status=500, message=f"engine error: {exc}"))
+        self.outbox.put_nowait(WorkEvent(id=item.id, result=result))
+
+    def _emit(self, request_id: int, deltas: list[ChoiceDelta]) -> None:
+        self.outbox.put_nowait(WorkEvent(id=request_id, deltas=deltas))
+
+    async def _report_loop(self) -> None:
+        while True:
+            batch = [await self.outbox.get()]
+            while not self.outbox.empty():
+                batch.append(self.outbox.get_nowait())
+            while True:
+                try:
+                    await self.gateway.report(_merge(batch))
+                    break
+                except Exception as exc:
+                    log.warning("report failed, retrying: %s", exc)
+                    await asyncio.sleep(_RETRY_S)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_timeout_s / 3)
+            try:
+                await self.gateway.heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _parent_alive(self) -> bool:
+        return self.parent_pid is None or os.getppid() == self.parent_pid
+
+
+def _merge(events: list[WorkEvent]) -> list[WorkEvent]:
+    """Coalesce a request's deltas within one report: fewer, larger messages under load."""
+    merged: dict[int, WorkEvent] = {}
+    for event in events:
+        into = merged.setdefault(event.id, WorkEvent(id=event.id))
+        into.deltas.extend(event.deltas)
+        into.result = event.result or into.result
+    return list(merged.values())
+
+
+async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker_id: str, parent_pid: int | None):
+    from ..models.builtin import ensure_model
+    from .core import EngineCore, configure_vllm_environment
+
+    configure_vllm_environment(config)
+    path = ensure_model(ModelStore(config.models_dir), model)
+    core = EngineCore(config, model, path)
+    gateway = WorkerGateway(server_url, worker_id)
+    log.info("worker %s serving %s from %s for %s", worker_id, model, path, server_url)
+    try:
+        await Worker(config, core, gateway, parent_pid).serve()
+    finally:
+        await gateway.close()
+        core.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="ScalarLM engine worker")
+    parser.add_argument("--server-url", help="the distribution's address (default: config server_url)")
+    parser.add_argument("--model", help="model to serve (default: config default_model)")
+    parser.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = ScalarLMConfig.load()
+    server_url = args.server_url or config.server_url
+    if not server_url:
+        sys.exit("worker: --server-url (or SCALARLM_SERVER_URL) is required")
+    asyncio.run(run_worker(config, args.model or config.default_model, server_url, args.worker_id, args.parent_pid))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The durable request queue: clients enqueue, engine workers lease, results come back."""

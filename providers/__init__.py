@@ -1,0 +1,1 @@
+"""Llama Stack providers for ScalarLM: thin adapters that translate stack calls into the core."""

@@ -1,0 +1,9 @@
+"""``inline::scalarlm`` for the ``scalarlm`` API: bulk generation and the engine workers' protocol."""
+
+from llama_stack_scalarlm.config import ScalarLMConfig
+
+
+async def get_provider_impl(config: ScalarLMConfig, _deps):
+    from .scalarlm import ScalarLMBulkProvider
+
+    return ScalarLMBulkProvider(config)

@@ -1,0 +1,200 @@
+"""OpenAI-compatible inference over ScalarLM's queue: translate, submit, wait (or stream), translate back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from llama_stack_api import (
+    Model,
+    ModelType,
+    OpenAIChatCompletion,
+    OpenAIChatCompletionChunk,
+    OpenAIChatCompletionRequestWithExtraBody,
+    OpenAIChatCompletionUsage,
+    OpenAIChoice,
+    OpenAIChoiceDelta,
+    OpenAIChunkChoice,
+    OpenAICompletion,
+    OpenAICompletionChoice,
+    OpenAICompletionRequestWithExtraBody,
+    OpenAIEmbeddingsRequestWithExtraBody,
+    OpenAIEmbeddingsResponse,
+)
+from llama_stack_api.inference.models import OpenAIChatCompletionResponseMessage
+
+from llama_stack_scalarlm.config import ScalarLMConfig
+from llama_stack_scalarlm.errors import InvalidFieldError, RequestFailedError
+from llama_stack_scalarlm.queue.schema import ChoiceDelta, GenerationRequest, GenerationResult
+from llama_stack_scalarlm.runtime import ServerRuntime
+
+
+class ScalarLMInferenceProvider:
+    def __init__(self, config: ScalarLMConfig):
+        self.runtime = ServerRuntime.get(ScalarLMConfig.load(config.model_dump(exclude_unset=True)))
+        self.model_store = None
+
+    async def initialize(self) -> None:
+        self.runtime.start_workers()
+
+    async def shutdown(self) -> None:
+        self.runtime.stop()
+
+    # -- models -----------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[Model]:
+        return [
+            Model(
+                identifier=name,
+                provider_resource_id=name,
+                provider_id=self.__provider_id__,
+                model_type=ModelType.llm,
+                metadata={"context_length": self.runtime.config.max_model_len},
+            )
+            for name in self.runtime.served_models()
+        ]
+
+    async def should_refresh_models(self) -> bool:
+        return False
+
+    async def register_model(self, model: Model) -> Model:
+        self.runtime.resolve_model(model.provider_resource_id, self.__provider_id__)
+        return model
+
+    async def unregister_model(self, model_id: str) -> None:
+        return None
+
+    # -- inference --------------------------------------------------------------------------------
+
+    async def openai_chat_completion(
+        self, params: OpenAIChatCompletionRequestWithExtraBody
+    ) -> OpenAIChatCompletion | AsyncIterator[OpenAIChatCompletionChunk]:
+        request = GenerationRequest(
+            kind="chat",
+            messages=[_message_dict(i, m) for i, m in enumerate(params.messages)],
+            max_tokens=params.max_completion_tokens or params.max_tokens,
+            **self._sampling(params),
+        )
+        request_id = self.runtime.submit([request])[0]
+        created = int(time.time())
+        if request.stream:
+            include_usage = bool((params.stream_options or {}).get("include_usage"))
+            return await self._chat_stream(request_id, params.model, created, include_usage)
+        result = await self._wait(request_id)
+        return OpenAIChatCompletion(
+            id=f"chatcmpl-{request_id}",
+            created=created,
+            model=params.model,
+            choices=[
+                OpenAIChoice(
+                    index=c.index,
+                    finish_reason=c.finish_reason,
+                    message=OpenAIChatCompletionResponseMessage(content=c.text),
+                )
+                for c in result.choices
+            ],
+            usage=_usage(result),
+        )
+
+    async def openai_completion(
+        self, params: OpenAICompletionRequestWithExtraBody
+    ) -> OpenAICompletion | AsyncIterator[OpenAICompletion]:
+        if not isinstance(params.prompt, str):
+            raise InvalidFieldError("prompt", "only a single string prompt is supported; use /v1/scalarlm/generate")
+        if params.stream:
+            raise InvalidFieldError("stream", "streaming completions are not supported; use chat completions")
+        sampling = self._sampling(params)
+        request = GenerationRequest(kind="completion", prompt=params.prompt, max_tokens=params.max_tokens, **sampling)
+        request_id = self.runtime.submit([request])[0]
+        result = await self._wait(request_id)
+        return OpenAICompletion(
+            id=f"cmpl-{request_id}",
+            created=int(time.time()),
+            model=params.model,
+            choices=[OpenAICompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in result.choices],
+        )
+
+    async def openai_embeddings(self, params: OpenAIEmbeddingsRequestWithExtraBody) -> OpenAIEmbeddingsResponse:
+        raise InvalidFieldError("model", f"{params.model!r} is a generative model and cannot embed")
+
+    async def openai_chat_completions_with_reasoning(self, params):
+        raise InvalidFieldError("model", f"{params.model!r} has no reasoning output")
+
+    async def rerank(self, request):
+        raise InvalidFieldError("model", f"{request.model!r} cannot rerank")
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _sampling(self, params) -> dict:
+        stop = params.stop
+        return dict(
+            model=self.runtime.resolve_model(params.model, self.__provider_id__),
+            temperature=1.0 if params.temperature is None else params.temperature,
+            top_p=1.0 if params.top_p is None else params.top_p,
+            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            seed=params.seed,
+            n=params.n or 1,
+            stream=bool(params.stream),
+        )
+
+    async def _wait(self, request_id: int) -> GenerationResult:
+        result = await self.runtime.queue.wait(request_id, self.runtime.config.limits.request_timeout_s)
+        _raise_for_error(result)
+        return result
+
+    async def _chat_stream(
+        self, request_id: int, model: str, created: int, include_usage: bool
+    ) -> AsyncIterator[OpenAIChatCompletionChunk]:
+        events = self.runtime.queue.stream(request_id, self.runtime.config.limits.request_timeout_s)
+        first = await anext(events)
+        _raise_for_error(first)  # refused input is a 4xx, before any byte of the stream is sent
+
+        def chunk(choices, usage=None) -> OpenAIChatCompletionChunk:
+            return OpenAIChatCompletionChunk(
+                id=f"chatcmpl-{request_id}", created=created, model=model, choices=choices, usage=usage
+            )
+
+        async def generate() -> AsyncIterator[OpenAIChatCompletionChunk]:
+            item = first
+            while True:
+                if isinstance(item, ChoiceDelta):
+                    delta = OpenAIChoiceDelta(content=item.text, role="assistant")
+                    yield chunk([OpenAIChunkChoice(index=item.index, delta=delta, finish_reason=item.finish_reason)])
+                else:
+                    _raise_for_error(item)
+                    if include_usage:
+                        yield chunk([], usage=_usage(item))
+                    return
+                item = await anext(events)
+
+        return generate()
+
+
+def _message_dict(index: int, message) -> dict:
+    content = message.content
+    if content is None:
+        content = ""
+    elif not isinstance(content, str):
+        parts = []
+        for part in content:
+            text = getattr(part, "text", None)
+            if getattr(part, "type", "text") not in ("text", "input_text", "output_text") or text is None:
+                raise InvalidFieldError(f"messages[{index}].content", f"content part {part.type!r} is not supported")
+            parts.append(text)
+        content = "".join(parts)
+    return {"role": message.role, "content": content}
+
+
+def _raise_for_error(item) -> None:
+    if isinstance(item, GenerationResult) and item.error is not None:
+        if item.error.status < 500:
+            raise InvalidFieldError(item.error.field or "request", item.error.message.split(": ", 1)[-1])
+        raise RequestFailedError(item.error.message)
+
+
+def _usage(result: GenerationResult) -> OpenAIChatCompletionUsage:
+    return OpenAIChatCompletionUsage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
