@@ -20,7 +20,7 @@ ENV_PREFIX = "SCALARLM_"
 class EngineSettings(BaseModel):
     """Settings of the vLLM engine each worker runs."""
 
-    kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE), GiB")
+    kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE), whole GiB")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="fraction of GPU memory vLLM may use")
     max_num_seqs: int = Field(64, ge=1, description="sequences one engine runs at once: the capacity a worker leases")
     enforce_eager: bool = Field(True, description="skip torch.compile (on CPU compile costs ~90 s per start)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,10 +48,8 @@ class WorkerSupervisor:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def worker_pids(self) -> list[int]:
-        return [proc.pid for proc, _ in self._procs.values() if proc.poll() is None]
+                pass
+            _kill_group(proc.pid)
 
     def _run(self) -> None:
         url = self.config.server_url or self._discover_own_url()
@@ -65,6 +64,7 @@ class WorkerSupervisor:
                     continue
                 if entry is not None:
                     log.warning("worker %s exited with %s; restarting", entry[1], entry[0].returncode)
+                    _kill_group(entry[0].pid)  # the engine core processes it spawned
                     self.store.release_worker(entry[1])  # its leases go back now, not at expiry
                     time.sleep(_RESTART_BACKOFF_S)
                 generation += 1
@@ -94,3 +94,11 @@ class WorkerSupervisor:
                 return f"http://127.0.0.1:{ports[0]}"
             self._stop.wait(0.2)
         return None
+
+
+def _kill_group(pgid: int) -> None:
+    """Workers run in their own session: this reaches the vLLM processes under them too."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,23 @@
+# The README's two commands: `make demo` (the main job, end to end on CPU) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test bench clean
+
+setup:
+	bash scripts/setup-env.sh
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest -v --durations=15
+
+bench: setup
+	$(PY) bench/queue_bench.py
+	$(PY) bench/full_path_bench.py
+
+clean:
+	rm -rf .state

@@ -1,0 +1,43 @@
+import os
+
+import pytest
+
+from .stack import StackServer
+
+TINY = "tiny-llama"
+SMOL = "SmolLM2-135M-Instruct"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One distribution for the inference tests: a worker for the tiny model and one for SmolLM2."""
+    stack = StackServer(tmp_path_factory.mktemp("stack"), served_models=[TINY, SMOL], workers=2)
+    stack.start(wait_for_workers=2, timeout_s=600)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(server):
+    return f"scalarlm/{TINY}"
+
+
+@pytest.fixture(scope="session")
+def smol_model(server):
+    return f"scalarlm/{SMOL}"
+
+
+@pytest.fixture(scope="session")
+def openai_client(server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", timeout=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(server):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(server.state_dir / "models" / TINY)

@@ -1,0 +1,58 @@
+"""ScalarLM's bulk path: thousands of prompts in one call, ids back at once, results by polling."""
+
+import httpx
+import pytest
+
+from llama_stack_scalarlm.client import ScalarLMClient
+from llama_stack_scalarlm.cli import main as scalarlm_cli
+
+
+def test_thousand_prompts_round_trip(server, tiny_model, openai_client):
+    client = ScalarLMClient(server.url)
+    prompts = [f"item {i} of the list" for i in range(1000)]
+    seen = []
+    results = client.generate(tiny_model, prompts, progress=lambda d, t: seen.append(d), max_tokens=6)
+    assert len(results) == 1000
+    assert all(r.error is None and 1 <= r.choices[0].completion_tokens <= 6 for r in results)
+    assert seen[-1] == 1000 and seen == sorted(seen)
+    # Results are in prompt order: greedy bulk results equal single OpenAI completions of the same prompt.
+    for i in (0, 517, 999):
+        single = openai_client.completions.create(model=tiny_model, prompt=prompts[i], max_tokens=6, temperature=0)
+        assert results[i].choices[0].text == single.choices[0].text
+
+
+def test_ids_come_back_before_results(server, tiny_model):
+    client = ScalarLMClient(server.url)
+    ids = client.submit(tiny_model, ["a b c"] * 50, max_tokens=4)
+    assert len(set(ids)) == 50
+    results = {}
+    while len(results) < 50:
+        results.update(client.poll(ids))
+    assert client.poll(ids) == {}, "a result is handed over once"
+
+
+def test_chat_prompts_in_bulk(server, tiny_model):
+    client = ScalarLMClient(server.url)
+    (result,) = client.generate(tiny_model, [[{"role": "user", "content": "hi"}]], max_tokens=3)
+    assert result.error is None and result.prompt_tokens > 3  # the chat template wrapped the message
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"model": "tiny-llama", "prompts": []}, 400, "prompts"),
+    ({"model": "tiny-llama", "prompts": ["a"], "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "tiny-llama", "prompts": ["a"], "temperature": 9}, 400, "temperature"),
+    ({"model": "tiny-llama", "prompts": [[{"role": "robot", "content": "x"}]]}, 400, "role"),
+    ({"model": "nope", "prompts": ["a"]}, 404, "nope"),
+    ({"prompts": ["a"]}, 400, "model"),
+])
+def test_bulk_bad_input(server, body, status, field):
+    response = httpx.post(f"{server.url}/v1/scalarlm/generate", json=body)
+    assert response.status_code == status
+    assert field in response.text
+
+
+def test_cli_generate(server, tiny_model, capsys):
+    assert scalarlm_cli(["--url", server.url, "generate", "--model", tiny_model, "--max-tokens", "4", "--quiet",
+                         "one", "two"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and '"prompt": "one"' in lines[0] and '"completion"' in lines[0]

@@ -1,0 +1,28 @@
+"""llama-stack-client against the distribution: models, chat, and one Agent turn."""
+
+from llama_stack_client import Agent, LlamaStackClient
+
+
+def test_models_list_shows_served_models(server, tiny_model, smol_model):
+    client = LlamaStackClient(base_url=server.url)
+    ids = {m.id for m in client.models.list()}
+    assert {tiny_model, smol_model} <= ids
+
+
+def test_chat_completion_through_llama_stack_client(server, tiny_model):
+    client = LlamaStackClient(base_url=server.url)
+    response = client.chat.completions.create(
+        model=tiny_model, messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
+    )
+    assert response.choices[0].message.content
+    assert response.usage.completion_tokens <= 8
+
+
+def test_agent_turn_answers(server, smol_model):
+    client = LlamaStackClient(base_url=server.url, timeout=300)
+    agent = Agent(client, model=smol_model, instructions="You are a helpful assistant. Answer briefly.")
+    session = agent.create_session("test")
+    response = agent.create_turn(
+        messages=[{"role": "user", "content": "What is the capital of France?"}], session_id=session, stream=False
+    )
+    assert "paris" in response.output_text.lower()
