@@ -61,7 +61,7 @@ class ServerRuntime:
         for request in requests:
             if request.n > limits.max_n:
                 raise InvalidFieldError("n", f"{request.n} is more than the limit of {limits.max_n}")
-            if request.temperature > limits.max_temperature:
+            if (request.temperature or 0) > limits.max_temperature:
                 raise InvalidFieldError("temperature", f"{request.temperature} is above {limits.max_temperature}")
             if request.max_tokens is not None and request.max_tokens >= self.config.max_model_len:
                 raise InvalidFieldError(

@@ -18,11 +18,15 @@ def test_chat_completion_through_llama_stack_client(server, tiny_model):
     assert response.usage.completion_tokens <= 8
 
 
-def test_agent_turn_answers(server, smol_model):
+def test_agent_turn_answers_and_is_kept_in_the_session(server, smol_model):
     client = LlamaStackClient(base_url=server.url, timeout=300)
     agent = Agent(client, model=smol_model, instructions="You are a helpful assistant. Answer briefly.")
     session = agent.create_session("test")
-    response = agent.create_turn(
-        messages=[{"role": "user", "content": "What is the capital of France?"}], session_id=session, stream=False
-    )
-    assert "paris" in response.output_text.lower()
+    question = "What is the capital of France?"
+    response = agent.create_turn(messages=[{"role": "user", "content": question}], session_id=session, stream=False)
+    answer = response.output_text
+    assert answer.strip()
+    items = client.conversations.items.list(conversation_id=session)
+    texts = [part.text for item in items.data for part in (getattr(item, "content", None) or [])
+             if hasattr(part, "text")]
+    assert question in texts and answer in texts

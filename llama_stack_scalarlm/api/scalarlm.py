@@ -28,8 +28,8 @@ class BulkGenerateRequest(BaseModel):
     model: str
     prompts: list[str | list[ChatMessage]] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="None: the model's default")
+    top_p: float | None = Field(None, gt=0, le=1, description="None: the model's default")
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
 

@@ -7,6 +7,7 @@ back to the client as a 400 naming the field.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ class EngineCore:
         self.config = config
         self.model_name = model_name
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.defaults = _generation_defaults(model_path)
         args = AsyncEngineArgs(
             model=str(model_path),
             served_model_name=model_name,
@@ -99,8 +101,8 @@ class EngineCore:
             return GenerationResult(prompt_tokens=len(ids), error=error)
         params = SamplingParams(
             n=request.n,
-            temperature=request.temperature,
-            top_p=request.top_p,
+            temperature=self.defaults.get("temperature", 1.0) if request.temperature is None else request.temperature,
+            top_p=self.defaults.get("top_p", 1.0) if request.top_p is None else request.top_p,
             max_tokens=request.max_tokens or self.config.max_model_len - len(ids),
             stop=request.stop or None,
             seed=request.seed,
@@ -126,6 +128,12 @@ class EngineCore:
             for i in range(request.n)
         ]
         return GenerationResult(choices=choices, prompt_tokens=len(ids))
+
+
+def _generation_defaults(model_path: Path) -> dict:
+    """Sampling defaults the model ships (as vLLM's server applies them) for requests that set none."""
+    path = model_path / "generation_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _finish(reason: str | None):

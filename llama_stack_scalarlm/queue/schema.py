@@ -17,8 +17,8 @@ class GenerationRequest(BaseModel):
     messages: list[dict] | None = None
     prompt: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, description="None: the model's generation_config default")
+    top_p: float | None = Field(None, gt=0, le=1, description="None: the model's generation_config default")
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     n: int = Field(1, ge=1)

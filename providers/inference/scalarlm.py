@@ -129,8 +129,8 @@ class ScalarLMInferenceProvider:
         stop = params.stop
         return dict(
             model=self.runtime.resolve_model(params.model, self.__provider_id__),
-            temperature=1.0 if params.temperature is None else params.temperature,
-            top_p=1.0 if params.top_p is None else params.top_p,
+            temperature=params.temperature,
+            top_p=params.top_p,
             stop=[stop] if isinstance(stop, str) else list(stop or []),
             seed=params.seed,
             n=params.n or 1,
