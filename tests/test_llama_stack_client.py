@@ -19,11 +19,24 @@ def test_chat_completion_through_llama_stack_client(server, tiny_model):
 
 
 def test_agent_turn_answers_and_is_kept_in_the_session(server, smol_model):
+    """One Agent turn (responses + conversations APIs) on SmolLM2.
+
+    The Agent sets no sampling parameters, so a 135M model samples at temperature 1 and now and then
+    rambles to the context limit; the stack then marks the response incomplete and the client raises
+    "No response available". That is the model, not the plumbing: up to three sessions are tried.
+    """
     client = LlamaStackClient(base_url=server.url, timeout=300)
-    agent = Agent(client, model=smol_model, instructions="You are a helpful assistant. Answer briefly.")
-    session = agent.create_session("test")
+    agent = Agent(client, model=smol_model, instructions="You are a helpful assistant. Answer in one sentence.")
     question = "What is the capital of France?"
-    response = agent.create_turn(messages=[{"role": "user", "content": question}], session_id=session, stream=False)
+    for _ in range(3):
+        session = agent.create_session("test")
+        try:
+            response = agent.create_turn(
+                messages=[{"role": "user", "content": question}], session_id=session, stream=False
+            )
+            break
+        except RuntimeError as exc:
+            assert "No response available" in str(exc)
     answer = response.output_text
     assert answer.strip()
     items = client.conversations.items.list(conversation_id=session)

@@ -55,10 +55,11 @@ def test_n_choices_and_max_tokens(openai_client, tiny_model):
 
 
 def test_stop_string_cuts_output(openai_client, tiny_model):
-    full = chat(openai_client, tiny_model, max_tokens=24, temperature=0).choices[0].message.content
-    stop = full[len(full) // 2 : len(full) // 2 + 2]
-    assert stop.strip(), f"need a visible stop string, got {full!r}"
-    cut = chat(openai_client, tiny_model, max_tokens=24, temperature=0, stop=[stop]).choices[0]
+    full = chat(openai_client, tiny_model, max_tokens=24, temperature=1.0, seed=3).choices[0].message.content
+    visible = [i for i in range(1, len(full) - 1) if full[i].strip()]
+    assert visible, f"need a visible character to stop at, got {full!r}"
+    stop = full[visible[len(visible) // 2]]
+    cut = chat(openai_client, tiny_model, max_tokens=24, temperature=1.0, seed=3, stop=[stop]).choices[0]
     assert cut.finish_reason == "stop"
     assert stop not in cut.message.content
     assert full.startswith(cut.message.content)
@@ -79,6 +80,7 @@ def test_completions_endpoint(openai_client, tiny_model):
     ({"temperature": 50}, "temperature"),
     ({"top_p": 1.5}, "top_p"),
     ({"n": 1000}, "n"),
+    ({"n": 2, "temperature": 0}, "n"),
     ({"messages": [{"role": "user"}]}, "content"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": "x" * 2_000_000}]}, "messages"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ScalarLMConfig
@@ -18,7 +18,8 @@ from ..queue.schema import Choice, ChoiceDelta, GenerationRequest, GenerationRes
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[int, list[ChoiceDelta]], Awaitable[None] | None]
+Emit = Callable[[int, list[ChoiceDelta]], None]
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n")
 
 
 def configure_vllm_environment(config: ScalarLMConfig) -> None:
@@ -86,11 +87,23 @@ class EngineCore:
             )
         return None
 
+    def sampling_params(self, request: GenerationRequest, prompt_len: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=request.n,
+            temperature=self.defaults.get("temperature", 1.0) if request.temperature is None else request.temperature,
+            top_p=self.defaults.get("top_p", 1.0) if request.top_p is None else request.top_p,
+            max_tokens=request.max_tokens or self.config.max_model_len - prompt_len,
+            stop=request.stop or None,
+            seed=request.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
     async def run(self, item: WorkItem, emit: Emit) -> GenerationResult:
         """Generate ``item``; for streaming requests ``emit(id, deltas)`` is called as text arrives."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
 
         request = item.request
         try:
@@ -99,15 +112,10 @@ class EngineCore:
             return GenerationResult(error=RequestError(field="messages", message=f"messages: {exc}"))
         if error := self.check(request, len(ids)):
             return GenerationResult(prompt_tokens=len(ids), error=error)
-        params = SamplingParams(
-            n=request.n,
-            temperature=self.defaults.get("temperature", 1.0) if request.temperature is None else request.temperature,
-            top_p=self.defaults.get("top_p", 1.0) if request.top_p is None else request.top_p,
-            max_tokens=request.max_tokens or self.config.max_model_len - len(ids),
-            stop=request.stop or None,
-            seed=request.seed,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        try:
+            params = self.sampling_params(request, len(ids))
+        except ValueError as exc:  # vLLM's own checks, e.g. n > 1 with greedy sampling
+            return GenerationResult(prompt_tokens=len(ids), error=RequestError(field=_field_of(exc), message=str(exc)))
         texts = [""] * request.n
         tokens = [0] * request.n
         reasons: list[str | None] = [None] * request.n
@@ -120,9 +128,7 @@ class EngineCore:
                 if request.stream and (c.text or c.finish_reason):
                     deltas.append(ChoiceDelta(index=c.index, text=c.text, finish_reason=_finish(c.finish_reason)))
             if deltas:
-                maybe = emit(item.id, deltas)
-                if maybe is not None:
-                    await maybe
+                emit(item.id, deltas)
         choices = [
             Choice(index=i, text=texts[i], finish_reason=_finish(reasons[i]) or "stop", completion_tokens=tokens[i])
             for i in range(request.n)
@@ -134,6 +140,12 @@ def _generation_defaults(model_path: Path) -> dict:
     """Sampling defaults the model ships (as vLLM's server applies them) for requests that set none."""
     path = model_path / "generation_config.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _field_of(exc: ValueError) -> str:
+    """The request field a vLLM validation message is about (its messages start with the name)."""
+    words = str(exc).replace(",", " ").split()
+    return next((w for w in words if w in _SAMPLING_FIELDS), "request")
 
 
 def _finish(reason: str | None):

@@ -60,10 +60,6 @@ def build_smollm2(out: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    # The GGUF carries no sampling defaults; these are the ones SmolLM2-135M-Instruct's model card ships.
-    model.generation_config.temperature = 0.2
-    model.generation_config.top_p = 0.9
-    model.generation_config.do_sample = True
     model.generation_config.save_pretrained(out)
 
 

@@ -1,0 +1,1 @@
+"""The model-hash registry: job ids, job directories, status, checkpoints, uploads. Files only."""

@@ -1,0 +1,101 @@
+"""What a training job is, on disk: the contract between the registry, SLURM jobs and the trainer.
+
+A job directory ``<state_dir>/jobs/<job_id>/`` holds:
+- ``job.json``: :class:`TrainingJob` (written once, by the registry, before sbatch)
+- ``dataset.jsonl``: the training data (a hard link or copy of the content-addressed upload)
+- ``status.json``: :class:`JobStatus` (rewritten atomically by the trainer and the registry)
+- ``slurm.log``: the SLURM job's output
+- ``checkpoints/checkpoint-<step>/``: Hugging Face format (full safetensors + tokenizer, or a PEFT
+  LoRA adapter), plus ``trainer_state.pt`` (optimizer, scheduler, RNG, data position) for resume;
+  a checkpoint is complete when its ``.complete`` marker exists.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+JobState = Literal["QUEUED", "TRAINING", "COMPLETED", "FAILED", "CANCELLED"]
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+class LoraSettings(BaseModel):
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+
+
+class Hyperparameters(BaseModel):
+    """Normalized hyperparameters: defaults filled in, so equal jobs hash equal."""
+
+    method: Literal["sft", "dpo"] = "sft"
+    backend: Literal["fsdp", "ddp", "megatron"] = "fsdp"
+    lora: LoraSettings | None = None
+    steps: int = Field(100, ge=1, le=10_000_000, description="optimizer steps")
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1, description="sequences per optimizer step, across all processes")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(512, ge=8)
+    pack_sequences: bool = True
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept")
+    dpo_beta: float = Field(0.1, gt=0)
+    tensor_parallel: int = Field(1, ge=1, description="megatron backend: tensor-parallel size")
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    processes_per_node: int = Field(1, ge=1, description="torchrun processes per node (CPU: 1-2; GPU: = gpus)")
+    time_limit_minutes: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hyperparameters:
+        if self.warmup_steps > self.steps:
+            raise ValueError("warmup_steps: more than steps")
+        if self.gpus_per_node and self.processes_per_node != self.gpus_per_node:
+            raise ValueError("processes_per_node: must equal gpus_per_node on GPUs")
+        if self.backend == "megatron" and self.lora is not None:
+            raise ValueError("lora: the megatron backend trains full weights only")
+        return self
+
+
+class TrainingJob(BaseModel):
+    job_id: str
+    base_model: str = Field(..., description="name in the model store")
+    base_model_path: str = Field(..., description="absolute path of the base model's HF directory")
+    dataset_sha256: str
+    trainer_version: str
+    hyperparameters: Hyperparameters
+
+
+class LossPoint(BaseModel):
+    step: int
+    loss: float
+    learning_rate: float
+    tokens: int = Field(0, description="tokens trained on in this step")
+    elapsed_s: float = 0.0
+
+
+class CheckpointInfo(BaseModel):
+    step: int
+    path: str
+    kind: Literal["full", "lora"]
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    state: JobState = "QUEUED"
+    step: int = 0
+    total_steps: int = 0
+    loss_history: list[LossPoint] = Field(default_factory=list)
+    checkpoints: list[CheckpointInfo] = Field(default_factory=list)
+    error: str | None = None
+    log_tail: str | None = None
+    slurm_job_id: str | None = None
+    created: float = 0.0
+    updated: float = 0.0
