@@ -28,6 +28,8 @@ class EngineSettings(BaseModel):
     device: str = Field("auto", description="'cpu', 'cuda' or 'auto' (cuda when torch sees a GPU)")
     tensor_parallel_size: int = Field(1, ge=1)
     seed: int = 0
+    max_loras: int = Field(3, ge=0, description="trained LoRA adapters one worker serves beside its base model")
+    max_lora_rank: int = Field(64, ge=1)
 
 
 class Limits(BaseModel):
@@ -37,6 +39,7 @@ class Limits(BaseModel):
     max_prompt_chars: int = Field(1_000_000, ge=1, description="characters in one prompt or message list")
     max_n: int = Field(16, ge=1, description="largest `n` (choices per request)")
     max_temperature: float = Field(10.0, gt=0)
+    max_upload_bytes: int = Field(10 * 2**30, ge=1, description="largest dataset upload")
     result_ttl_s: float = Field(24 * 3600, gt=0, description="how long unfetched results are kept")
     request_timeout_s: float = Field(600, gt=0, description="how long a waiting client call waits for its result")
 
@@ -64,6 +67,14 @@ class ScalarLMConfig(BaseModel):
     @property
     def models_dir(self) -> Path:
         return self.state_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.state_dir / "uploads"
 
     @property
     def logs_dir(self) -> Path:

@@ -39,16 +39,25 @@ def _has_gpu() -> bool:
 
 
 class EngineCore:
-    def __init__(self, config: ScalarLMConfig, model_name: str, model_path: Path):
+    def __init__(self, config: ScalarLMConfig, model_name: str, model_path: Path, serve_adapters: bool = True):
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.config = config
         self.model_name = model_name
+        self.model_path = model_path
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.defaults = _generation_defaults(model_path)
+        self.adapters: dict = {}  # job id -> LoRARequest
+        self.max_adapters = config.engine.max_loras if serve_adapters else 0
+        lora = {}
+        if self.max_adapters:
+            # One LoRA slot more than adapters held: vLLM on CPU applies the last slot's adapter to
+            # base requests when every slot is full (vLLM PRs #48421, #49656).
+            lora = dict(enable_lora=True, max_loras=self.max_adapters + 1, max_lora_rank=config.engine.max_lora_rank)
         args = AsyncEngineArgs(
+            **lora,
             model=str(model_path),
             served_model_name=model_name,
             max_model_len=config.max_model_len,
@@ -65,6 +74,37 @@ class EngineCore:
     @property
     def capacity(self) -> int:
         return self.config.engine.max_num_seqs
+
+    def served_models(self) -> list[str]:
+        return [self.model_name, *self.adapters]
+
+    async def sync_adapters(self, newest: dict) -> None:
+        """Serve each job's newest LoRA checkpoint under the job's id; a new version replaces the old in place."""
+        from vllm.lora.request import LoRARequest
+
+        for job_id, checkpoint in sorted(newest.items(), key=lambda kv: kv[0]):
+            held = self.adapters.get(job_id)
+            if held is not None and held.lora_path == checkpoint.path:
+                continue
+            if held is None and len(self.adapters) >= self.max_adapters:
+                log.warning("not serving %s: this worker holds %d adapters already", job_id, self.max_adapters)
+                continue
+            int_id = held.lora_int_id if held else len(self.adapters) + 1
+            request = LoRARequest(job_id, int_id, checkpoint.path, load_inplace=held is not None)
+            await self.engine.add_lora(request)
+            self.adapters[job_id] = request
+            log.info("serving %s from %s", job_id, checkpoint.path)
+
+    async def reload_weights(self, path: Path) -> None:
+        """Swap in a full fine-tune's newer checkpoint: in-flight requests finish first, no restart."""
+        await self.engine.pause_generation(mode="wait", clear_cache=True)
+        try:
+            await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+            await self.engine.reset_prefix_cache()
+        finally:
+            await self.engine.resume_generation()
+        self.model_path = path
+        log.info("%s now serves weights from %s", self.model_name, path)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -114,12 +154,14 @@ class EngineCore:
             return GenerationResult(prompt_tokens=len(ids), error=error)
         try:
             params = self.sampling_params(request, len(ids))
-        except ValueError as exc:  # vLLM's own checks, e.g. n > 1 with greedy sampling
+        except Exception as exc:  # vLLM's own checks of the parameters, e.g. n > 1 with greedy sampling
             return GenerationResult(prompt_tokens=len(ids), error=RequestError(field=_field_of(exc), message=str(exc)))
         texts = [""] * request.n
         tokens = [0] * request.n
         reasons: list[str | None] = [None] * request.n
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=str(item.id)):
+        lora = self.adapters.get(request.model)
+        prompt = TokensPrompt(prompt_token_ids=ids)
+        async for out in self.engine.generate(prompt, params, request_id=str(item.id), lora_request=lora):
             deltas = []
             for c in out.outputs:
                 texts[c.index] += c.text

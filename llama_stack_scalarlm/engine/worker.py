@@ -12,33 +12,45 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import uuid
+from pathlib import Path
+
+import psutil
 
 from ..config import ScalarLMConfig
 from ..models.store import ModelStore
+from ..registry.jobs import JOB_PREFIX, JobRegistry
+from .checkpoints import CheckpointWatcher
 from ..queue.schema import ChoiceDelta, GenerationResult, RequestError, WorkEvent, WorkItem
 from .gateway import WorkerGateway
 
 log = logging.getLogger("scalarlm.worker")
 
-_IDLE_WAIT_S = 10.0
+_IDLE_WAIT_S = 2.0
 _BUSY_WAIT_S = 0.2
 _RETRY_S = 1.0
+_CHECKPOINT_SCAN_S = 1.0
 
 
 class Worker:
     def __init__(self, config: ScalarLMConfig, core, gateway: WorkerGateway, parent_pid: int | None):
         self.config = config
         self.core = core
+        self.watcher = CheckpointWatcher(JobRegistry(config.jobs_dir))
         self.gateway = gateway
         self.parent_pid = parent_pid
         self.outbox: asyncio.Queue[WorkEvent] = asyncio.Queue()
         self.running: set[asyncio.Task] = set()
 
     async def serve(self) -> None:
-        tasks = [asyncio.create_task(self._report_loop()), asyncio.create_task(self._heartbeat_loop())]
+        tasks = [
+            asyncio.create_task(self._report_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._checkpoint_loop()),
+        ]
         try:
             await self._lease_loop()
         finally:
@@ -53,7 +65,7 @@ class Worker:
                 continue
             try:
                 items = await self.gateway.lease(
-                    [self.core.model_name], free, _BUSY_WAIT_S if self.running else _IDLE_WAIT_S
+                    self.core.served_models(), free, _BUSY_WAIT_S if self.running else _IDLE_WAIT_S
                 )
             except Exception as exc:  # server restarting: keep what runs, try again
                 log.warning("lease failed: %s", exc)
@@ -96,6 +108,21 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    async def _checkpoint_loop(self) -> None:
+        """Hot pickup: serve new checkpoints as they appear, with no restart."""
+        model = self.core.model_name
+        while True:
+            try:
+                if model.startswith(JOB_PREFIX):
+                    latest = self.watcher.latest(model)
+                    if latest is not None and Path(latest.path) != self.core.model_path:
+                        await self.core.reload_weights(Path(latest.path))
+                else:
+                    await self.core.sync_adapters(self.watcher.adapters_for(model))
+            except Exception:
+                log.exception("checkpoint pickup failed; retrying")
+            await asyncio.sleep(_CHECKPOINT_SCAN_S)
+
     def _parent_alive(self) -> bool:
         return self.parent_pid is None or os.getppid() == self.parent_pid
 
@@ -115,8 +142,13 @@ async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker
     from .core import EngineCore, configure_vllm_environment
 
     configure_vllm_environment(config)
-    path = ensure_model(ModelStore(config.models_dir), model)
-    core = EngineCore(config, model, path)
+    if model.startswith(JOB_PREFIX):  # a full fine-tune: its newest checkpoint, reloaded as new ones land
+        latest = JobRegistry(config.jobs_dir).latest_checkpoint(model)
+        if latest is None:
+            sys.exit(f"worker: job {model} has no checkpoint yet")
+        core = EngineCore(config, model, Path(latest.path), serve_adapters=False)
+    else:
+        core = EngineCore(config, model, ensure_model(ModelStore(config.models_dir), model))
     gateway = WorkerGateway(server_url, worker_id)
     log.info("worker %s serving %s from %s for %s", worker_id, model, path, server_url)
     try:
@@ -138,7 +170,20 @@ def main(argv: list[str] | None = None) -> None:
     server_url = args.server_url or config.server_url
     if not server_url:
         sys.exit("worker: --server-url (or SCALARLM_SERVER_URL) is required")
-    asyncio.run(run_worker(config, args.model or config.default_model, server_url, args.worker_id, args.parent_pid))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind through the engine's shutdown
+    try:
+        asyncio.run(run_worker(config, args.model or config.default_model, server_url, args.worker_id, args.parent_pid))
+    finally:
+        _kill_children()
+
+
+def _kill_children() -> None:
+    """vLLM's engine processes outlive a worker that stops abruptly: take them along."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 if __name__ == "__main__":
