@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
 from tqdm import tqdm
 
 from .client import ScalarLMClient
+from .registry.schema import TERMINAL_STATES, JobStatus
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -35,6 +38,95 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    client = ScalarLMClient(args.url)
+    path = Path(args.dataset)
+    with tqdm(total=path.stat().st_size, desc="upload", unit="B", unit_scale=True, disable=args.quiet) as bar:
+        sha256 = client.upload(path, progress=lambda done, total: bar.update(done - bar.n))
+    settings = dict(_setting(s) for s in args.set)
+    job_id = client.train(args.model, sha256, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
+                          lora=args.lora, method=args.method, **settings)
+    print(f"job {job_id} (served as scalarlm/{job_id} once its first checkpoint lands)")
+    return _follow(client, job_id, args.quiet) if args.follow else 0
+
+
+def _follow(client: ScalarLMClient, job_id: str, quiet: bool = False) -> int:
+    with tqdm(desc="train", unit="step", disable=quiet) as bar:
+        def progress(status: JobStatus) -> None:
+            bar.total = status.total_steps
+            bar.update(status.step - bar.n)
+            loss = status.loss_history[-1].loss if status.loss_history else float("nan")
+            bar.set_postfix(state=status.state, loss=f"{loss:.4f}")
+
+        status = client.follow(job_id, progress)
+    print(f"{job_id}: {status.state}" + (f" — {status.error}" if status.error else ""))
+    return 0 if status.state == "COMPLETED" else 1
+
+
+def _ls(args: argparse.Namespace) -> int:
+    for status in ScalarLMClient(args.url).jobs():
+        loss = f"{status.loss_history[-1].loss:.4f}" if status.loss_history else "-"
+        print(f"{status.job_id}  {status.state:<9}  step {status.step}/{status.total_steps}  loss {loss}  "
+              f"checkpoints {len(status.checkpoints)}")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    client = ScalarLMClient(args.url)
+    offset = 0
+    while True:
+        chunk = client.log(args.job, offset)
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        offset = chunk.offset
+        if not args.follow or (not chunk.text and client.job(args.job).state in TERMINAL_STATES):
+            return 0
+        if not chunk.text:
+            time.sleep(1.0)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    client = ScalarLMClient(args.url)
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for job in args.job:
+        history = client.job(job).loss_history
+        axis.plot([p.step for p in history], [p.loss for p in history], label=job)
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(args.output, dpi=120)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _squeue(args: argparse.Namespace) -> int:
+    print(f"{'JOBID':>8}  {'NAME':<30} {'STATE':<10} {'TIME':>10}  NODES")
+    for e in ScalarLMClient(args.url).squeue():
+        print(f"{e.job_id:>8}  {e.name:<30} {e.state:<10} {e.time:>10}  {e.nodes}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    ScalarLMClient(args.url).cancel(args.job)
+    print(f"{args.job}: cancelled")
+    return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _queue(args: argparse.Namespace) -> int:
     print(ScalarLMClient(args.url).queue_stats().model_dump_json(indent=2))
     return 0
@@ -56,6 +148,40 @@ def main(argv: list[str] | None = None) -> int:
 
     queue = sub.add_parser("queue", help="queue depth and live workers")
     queue.set_defaults(func=_queue)
+
+    train = sub.add_parser("train", help="upload a JSONL dataset, submit a training job, follow it")
+    train.add_argument("dataset", help='JSONL: {"input","output"} or {"messages"} rows ({"prompt","chosen","rejected"} for dpo)')
+    train.add_argument("--model", required=True, help="base model, e.g. tiny-llama or SmolLM2-135M-Instruct")
+    train.add_argument("--steps", type=int, default=100)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
+    train.add_argument("--method", choices=["sft", "dpo"], default="sft")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other hyperparameter, e.g. backend=ddp processes_per_node=2 checkpoint_every=10")
+    train.add_argument("--follow", action="store_true", help="show training progress until the job ends")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=_train)
+
+    ls = sub.add_parser("ls", help="training jobs")
+    ls.set_defaults(func=_ls)
+
+    logs = sub.add_parser("logs", help="a training job's log")
+    logs.add_argument("job")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.set_defaults(func=_logs)
+
+    plot = sub.add_parser("plot", help="loss curves to a PNG")
+    plot.add_argument("job", nargs="+")
+    plot.add_argument("-o", "--output", default="loss.png")
+    plot.set_defaults(func=_plot)
+
+    squeue = sub.add_parser("squeue", help="the SLURM queue")
+    squeue.set_defaults(func=_squeue)
+
+    cancel = sub.add_parser("cancel", help="cancel a training job")
+    cancel.add_argument("job")
+    cancel.set_defaults(func=_cancel)
 
     args = parser.parse_args(argv)
     return args.func(args)

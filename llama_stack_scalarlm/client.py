@@ -7,10 +7,18 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from .api.scalarlm import BulkGenerateRequest, BulkGenerateResponse, BulkResultsResponse
+import hashlib
+import uuid
+from pathlib import Path
+
+from .api.scalarlm import BulkGenerateRequest, BulkGenerateResponse, BulkResultsResponse, LogChunk, SlurmQueueEntry
 from .queue.schema import GenerationResult, QueueStats
+from .registry.schema import TERMINAL_STATES, JobStatus
+from .registry.uploads import UploadSession
 
 _BATCH = 5_000
+_CHUNK = 8 << 20
+_TRAINING = "/v1alpha/post-training"
 
 
 class ScalarLMClient:
@@ -60,10 +68,105 @@ class ScalarLMClient:
         response.raise_for_status()
         return QueueStats.model_validate(response.json())
 
+    # -- training -----------------------------------------------------------------------------
+
+    def upload(self, path: Path, progress: Callable[[int, int], None] | None = None) -> str:
+        """Upload a dataset in chunks (resuming a broken upload); identical content is not sent again.
+        Returns the content's sha256."""
+        size = path.stat().st_size
+        digest = _sha256(path)
+        session = UploadSession.model_validate(self._post("/v1/scalarlm/uploads", {"size": size, "sha256": digest}))
+        with open(path, "rb") as handle:
+            while not session.complete and session.offset < size:
+                handle.seek(session.offset)
+                chunk = handle.read(_CHUNK)
+                response = self._http.put(f"/v1/scalarlm/uploads/{session.upload_id}",
+                                          params={"offset": session.offset}, content=chunk)
+                _raise(response)
+                session = UploadSession.model_validate(response.json())
+                if progress:
+                    progress(session.offset, size)
+        if not session.complete:
+            session = UploadSession.model_validate(
+                self._post(f"/v1/scalarlm/uploads/{session.upload_id}/complete", {}))
+        if progress:
+            progress(size, size)
+        return session.sha256
+
+    def train(self, model: str, dataset_sha256: str, steps: int, learning_rate: float = 1e-3,
+              batch_size: int = 8, lora: bool = False, lora_rank: int = 8, method: str = "sft",
+              **settings) -> str:
+        """Submit through the post_training API; returns the job id (also the trained model's id)."""
+        training = {
+            "n_epochs": 1, "max_steps_per_epoch": steps, "gradient_accumulation_steps": 1,
+            "data_config": {"dataset_id": f"sha256:{dataset_sha256}", "batch_size": batch_size, "shuffle": True,
+                            "data_format": "instruct"},
+            "optimizer_config": {"optimizer_type": "adamw", "lr": learning_rate, "weight_decay": 0.0,
+                                 "num_warmup_steps": 0},
+        }
+        body = {"job_uuid": f"cli-{uuid.uuid4().hex[:12]}", "training_config": training,
+                "hyperparam_search_config": settings, "logger_config": {}}
+        if method == "dpo":
+            body |= {"finetuned_model": model, "algorithm_config": {"beta": settings.pop("dpo_beta", 0.1)}}
+            return self._post(f"{_TRAINING}/preference-optimize", body)["job_uuid"]
+        body["model"] = model
+        if lora:
+            body["algorithm_config"] = {"type": "LoRA", "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                        "apply_lora_to_mlp": False, "apply_lora_to_output": False,
+                                        "rank": lora_rank, "alpha": 2 * lora_rank}
+        return self._post(f"{_TRAINING}/supervised-fine-tune", body)["job_uuid"]
+
+    def job(self, job_id: str) -> JobStatus:
+        response = self._http.get(f"/v1/scalarlm/training/jobs/{job_id}")
+        _raise(response)
+        return JobStatus.model_validate(response.json())
+
+    def jobs(self) -> list[JobStatus]:
+        response = self._http.get(f"{_TRAINING}/jobs")
+        _raise(response)
+        return [self.job(j["job_uuid"]) for j in response.json()["data"]]
+
+    def follow(self, job_id: str, progress: Callable[[JobStatus], None] | None = None,
+               poll_s: float = 1.0) -> JobStatus:
+        """Poll until the job ends (COMPLETED, FAILED or CANCELLED)."""
+        while True:
+            status = self.job(job_id)
+            if progress:
+                progress(status)
+            if status.state in TERMINAL_STATES:
+                return status
+            time.sleep(poll_s)
+
+    def log(self, job_id: str, offset: int = 0) -> LogChunk:
+        response = self._http.get(f"/v1/scalarlm/training/jobs/{job_id}/log", params={"offset": offset})
+        _raise(response)
+        return LogChunk.model_validate(response.json())
+
+    def cancel(self, job_id: str) -> None:
+        _raise(self._http.post(f"{_TRAINING}/jobs/{job_id}/cancel"))
+
+    def squeue(self) -> list[SlurmQueueEntry]:
+        response = self._http.get("/v1/scalarlm/training/squeue")
+        _raise(response)
+        return [SlurmQueueEntry.model_validate(e) for e in response.json()]
+
     def _post(self, path: str, body: dict) -> dict:
         response = self._http.post(path, json=body)
-        if response.status_code >= 400:
-            raise httpx.HTTPStatusError(
-                f"{response.status_code} from {path}: {response.text}", request=response.request, response=response
-            )
+        _raise(response)
         return response.json()
+
+
+def _raise(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise httpx.HTTPStatusError(
+            f"{response.status_code} from {response.request.url.path}: {response.text}",
+            request=response.request, response=response,
+        )
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()

@@ -19,6 +19,20 @@ class UnknownModelError(LookupError):
         self.model = model
 
 
+class UnknownJobError(LookupError):
+    status_code = 404
+
+    def __init__(self, job: str):
+        super().__init__(f"job_uuid: no training job {job!r}")
+
+
+class UnknownUploadError(LookupError):
+    status_code = 404
+
+    def __init__(self, upload_id: str):
+        super().__init__(f"upload_id: no upload {upload_id!r} in progress")
+
+
 class RequestFailedError(RuntimeError):
     """The engine failed on a request for a reason other than its input."""
 

@@ -5,7 +5,11 @@ OpenAI path and the bulk path refuse the same things the same way.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 from .config import ScalarLMConfig
@@ -13,6 +17,13 @@ from .errors import InvalidFieldError, UnknownModelError
 from .queue.schema import GenerationRequest
 from .queue.service import QueueService
 from .queue.store import RequestStore
+from .registry.jobs import JobRegistry
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+_PENDING_S = 5.0
+_MODELS_TTL_S = 1.0
 
 _runtimes: dict[Path, ServerRuntime] = {}
 
@@ -26,6 +37,9 @@ class ServerRuntime:
             result_ttl_s=config.limits.result_ttl_s,
         )
         self.supervisor = None
+        self.jobs = JobRegistry(config.jobs_dir)
+        self._trained: tuple[float, dict[str, tuple[float, str]]] = (0.0, {})
+        self._stop = threading.Event()
 
     @classmethod
     def get(cls, config: ScalarLMConfig) -> ServerRuntime:
@@ -38,23 +52,62 @@ class ServerRuntime:
         if self.supervisor is None and self.config.workers > 0:
             from .engine.supervisor import WorkerSupervisor
 
-            self.supervisor = WorkerSupervisor(self.config, self.queue.store)
+            self.supervisor = WorkerSupervisor(self.config, self.queue.store, self.full_finetunes)
             self.supervisor.start()
 
+    @cached_property
+    def training(self):
+        """Training jobs (SLURM, registry); started on first use, with the loop that submits jobs
+        recorded while SLURM was down."""
+        from .training import TrainingService
+
+        service = TrainingService(self.config)
+        threading.Thread(target=self._submit_pending, args=(service,), name="scalarlm-pending", daemon=True).start()
+        return service
+
     def stop(self) -> None:
+        self._stop.set()
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
 
+    def trained_models(self) -> dict[str, tuple[float, str]]:
+        """Jobs with a complete checkpoint: job id -> (time of the newest, kind). Cached for a second."""
+        stamp, models = self._trained
+        if time.monotonic() - stamp > _MODELS_TTL_S:
+            models = {}
+            for job_id in self.jobs.job_ids():
+                if (latest := self.jobs.latest_checkpoint(job_id)) is not None:
+                    models[job_id] = (Path(latest.path).stat().st_mtime, latest.kind)
+            self._trained = (time.monotonic(), models)
+        return models
+
+    def full_finetunes(self) -> list[str]:
+        return [job for job, (_, kind) in self.trained_models().items() if kind == "full"]
+
     def served_models(self) -> list[str]:
-        return list(self.config.models)
+        return [*self.config.models, *self.trained_models()]
 
     def resolve_model(self, model: str, provider_id: str = "scalarlm") -> str:
-        """The engine's name for ``model``, which may carry the stack's ``provider_id/`` prefix."""
+        """The engine's name for ``model`` (which may carry the stack's ``provider_id/`` prefix);
+        ``latest`` is the most recently trained model."""
         name = model.removeprefix(f"{provider_id}/")
-        if name not in self.served_models():
+        if name == LATEST:
+            trained = self.trained_models()
+            if not trained:
+                raise UnknownModelError(model)
+            return max(trained, key=lambda job: trained[job][0])
+        if name not in self.config.models and name not in self.trained_models():
             raise UnknownModelError(model)
         return name
+
+    def _submit_pending(self, service) -> None:
+        while not self._stop.wait(_PENDING_S):
+            try:
+                if sent := service.submit_pending():
+                    log.info("submitted %d job(s) recorded while SLURM was down", sent)
+            except Exception:
+                log.exception("submitting pending jobs failed")
 
     def submit(self, requests: Sequence[GenerationRequest]) -> list[int]:
         limits = self.config.limits

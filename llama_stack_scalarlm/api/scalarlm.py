@@ -6,13 +6,16 @@ Loaded by Llama Stack from ``distributions/scalarlm/apis/scalarlm.yaml``; the st
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
 from llama_stack_api import Api, InlineProviderSpec
 from pydantic import BaseModel, Field
 
 from ..queue.schema import QueueStats, RequestStatus, WorkEvent, WorkItem
+from ..registry.schema import JobStatus
+from ..registry.uploads import UploadSession
 
 PREFIX = "/v1/scalarlm"
 
@@ -66,6 +69,24 @@ class HeartbeatRequest(BaseModel):
     worker_id: str = Field(..., min_length=1, max_length=200)
 
 
+class UploadRequest(BaseModel):
+    size: int = Field(..., ge=1, description="bytes to upload")
+    sha256: str | None = Field(None, description="the content's hash, if known: identical content is not sent again")
+
+
+class LogChunk(BaseModel):
+    offset: int = Field(..., description="where the next read starts")
+    text: str
+
+
+class SlurmQueueEntry(BaseModel):
+    job_id: str
+    name: str
+    state: str
+    time: str
+    nodes: str
+
+
 @runtime_checkable
 class ScalarLM(Protocol):
     async def generate(self, request: BulkGenerateRequest) -> BulkGenerateResponse: ...
@@ -74,6 +95,13 @@ class ScalarLM(Protocol):
     async def lease(self, request: LeaseRequest) -> LeaseResponse: ...
     async def report(self, request: ReportRequest) -> None: ...
     async def heartbeat(self, request: HeartbeatRequest) -> None: ...
+    async def begin_upload(self, request: UploadRequest) -> UploadSession: ...
+    async def upload_status(self, upload_id: str) -> UploadSession: ...
+    async def append_upload(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession: ...
+    async def finish_upload(self, upload_id: str) -> UploadSession: ...
+    async def training_job(self, job_id: str) -> JobStatus: ...
+    async def training_log(self, job_id: str, offset: int) -> LogChunk: ...
+    async def slurm_queue(self) -> list[SlurmQueueEntry]: ...
 
 
 def available_providers() -> list[InlineProviderSpec]:
@@ -102,6 +130,34 @@ def create_router(impl: ScalarLM) -> APIRouter:
     @router.get("/queue", response_model=QueueStats, summary="Queue depth and live workers")
     async def queue_stats() -> QueueStats:
         return await impl.queue_stats()
+
+    @router.post("/uploads", response_model=UploadSession, summary="Start an upload (or find the content stored)")
+    async def begin_upload(request: UploadRequest) -> UploadSession:
+        return await impl.begin_upload(request)
+
+    @router.get("/uploads/{upload_id}", response_model=UploadSession, summary="Where an upload stands (to resume)")
+    async def upload_status(upload_id: str) -> UploadSession:
+        return await impl.upload_status(upload_id)
+
+    @router.put("/uploads/{upload_id}", response_model=UploadSession, summary="Append raw bytes at `offset`")
+    async def append_upload(upload_id: str, request: Request, offset: int = Query(..., ge=0)) -> UploadSession:
+        return await impl.append_upload(upload_id, offset, request.stream())
+
+    @router.post("/uploads/{upload_id}/complete", response_model=UploadSession, summary="Finish: hash checked, stored")
+    async def finish_upload(upload_id: str) -> UploadSession:
+        return await impl.finish_upload(upload_id)
+
+    @router.get("/training/jobs/{job_id}", response_model=JobStatus, summary="A job's full status and loss history")
+    async def training_job(job_id: str) -> JobStatus:
+        return await impl.training_job(job_id)
+
+    @router.get("/training/jobs/{job_id}/log", response_model=LogChunk, summary="A job's SLURM log from `offset`")
+    async def training_log(job_id: str, offset: int = Query(0, ge=0)) -> LogChunk:
+        return await impl.training_log(job_id, offset)
+
+    @router.get("/training/squeue", response_model=list[SlurmQueueEntry], summary="The SLURM queue")
+    async def slurm_queue() -> list[SlurmQueueEntry]:
+        return await impl.slurm_queue()
 
     @router.post("/worker/lease", response_model=LeaseResponse, include_in_schema=False)
     async def lease(request: LeaseRequest) -> LeaseResponse:

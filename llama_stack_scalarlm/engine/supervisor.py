@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -30,11 +31,12 @@ _RESTART_BACKOFF_S = 2.0
 
 
 class WorkerSupervisor:
-    def __init__(self, config: ScalarLMConfig, store: RequestStore):
+    def __init__(self, config: ScalarLMConfig, store: RequestStore, trained_models: Callable[[], list[str]]):
         self.config = config
         self.store = store
+        self.trained_models = trained_models  # full fine-tunes: each gets a worker of its own
         self._stop = threading.Event()
-        self._procs: dict[int, tuple[subprocess.Popen, str]] = {}
+        self._procs: dict[str, tuple[subprocess.Popen, str]] = {}
         self._thread = threading.Thread(target=self._run, name="scalarlm-workers", daemon=True)
 
     def start(self) -> None:
@@ -58,7 +60,10 @@ class WorkerSupervisor:
         log.info("starting %d engine worker(s) for %s", self.config.workers, url)
         generation = 0
         while not self._stop.is_set():
-            for slot in range(self.config.workers):
+            models = self.config.models
+            wanted = {f"w{i}": models[i % len(models)] for i in range(self.config.workers)}
+            wanted |= {job: job for job in self.trained_models()}
+            for slot, model in wanted.items():
                 entry = self._procs.get(slot)
                 if entry is not None and entry[0].poll() is None:
                     continue
@@ -68,13 +73,11 @@ class WorkerSupervisor:
                     self.store.release_worker(entry[1])  # its leases go back now, not at expiry
                     time.sleep(_RESTART_BACKOFF_S)
                 generation += 1
-                self._procs[slot] = self._spawn(slot, generation, url)
+                self._procs[slot] = self._spawn(slot, model, generation, url)
             self._stop.wait(_CHECK_S)
 
-    def _spawn(self, slot: int, generation: int, url: str) -> tuple[subprocess.Popen, str]:
-        models = self.config.models
-        model = models[slot % len(models)]
-        worker_id = f"{socket.gethostname()}-w{slot}-{generation}"
+    def _spawn(self, slot: str, model: str, generation: int, url: str) -> tuple[subprocess.Popen, str]:
+        worker_id = f"{socket.gethostname()}-{slot}-{generation}"
         self.config.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path: Path = self.config.logs_dir / f"worker-{slot}.log"
         env = {**os.environ, **self.config.to_env()}

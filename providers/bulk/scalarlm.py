@@ -10,11 +10,16 @@ from llama_stack_scalarlm.api.scalarlm import (
     HeartbeatRequest,
     LeaseRequest,
     LeaseResponse,
+    LogChunk,
     ReportRequest,
+    SlurmQueueEntry,
+    UploadRequest,
 )
 from llama_stack_scalarlm.config import ScalarLMConfig
-from llama_stack_scalarlm.errors import InvalidFieldError
+from llama_stack_scalarlm.errors import InvalidFieldError, UnknownJobError, UnknownUploadError
 from llama_stack_scalarlm.queue.schema import GenerationRequest, QueueStats
+from llama_stack_scalarlm.registry.schema import JobStatus
+from llama_stack_scalarlm.registry.uploads import UploadSession
 from llama_stack_scalarlm.runtime import ServerRuntime
 
 
@@ -58,6 +63,43 @@ class ScalarLMBulkProvider:
 
     async def heartbeat(self, request: HeartbeatRequest) -> None:
         self.runtime.queue.heartbeat(request.worker_id)
+
+    async def begin_upload(self, request: UploadRequest) -> UploadSession:
+        return self.runtime.training.uploads.begin(request.size, request.sha256)
+
+    async def upload_status(self, upload_id: str) -> UploadSession:
+        return self._upload(upload_id)
+
+    async def append_upload(self, upload_id: str, offset: int, chunks) -> UploadSession:
+        self._upload(upload_id)
+        return await self.runtime.training.uploads.append(upload_id, offset, chunks)
+
+    async def finish_upload(self, upload_id: str) -> UploadSession:
+        self._upload(upload_id)
+        return self.runtime.training.uploads.finish(upload_id)
+
+    async def training_job(self, job_id: str) -> JobStatus:
+        return self.runtime.training.status(self._job(job_id))
+
+    async def training_log(self, job_id: str, offset: int) -> LogChunk:
+        next_offset, text = self.runtime.training.registry.read_log(self._job(job_id), offset)
+        return LogChunk(offset=next_offset, text=text)
+
+    async def slurm_queue(self) -> list[SlurmQueueEntry]:
+        return [SlurmQueueEntry(**entry.model_dump(include=set(SlurmQueueEntry.model_fields)))
+                for entry in self.runtime.training.slurm.queue()]
+
+    def _upload(self, upload_id: str) -> UploadSession:
+        try:
+            return self.runtime.training.uploads.session(upload_id)
+        except KeyError:
+            raise UnknownUploadError(upload_id) from None
+
+    def _job(self, job: str) -> str:
+        job_id = self.runtime.training.registry.resolve(job)
+        if job_id is None:
+            raise UnknownJobError(job)
+        return job_id
 
     async def shutdown(self) -> None:
         self.runtime.stop()

@@ -26,8 +26,9 @@ from llama_stack_api.inference.models import OpenAIChatCompletionResponseMessage
 from llama_stack_scalarlm.config import ScalarLMConfig
 from llama_stack_scalarlm.errors import InvalidFieldError, RequestFailedError
 from llama_stack_scalarlm.queue.schema import ChoiceDelta, GenerationRequest, GenerationResult
-from llama_stack_scalarlm.runtime import ServerRuntime
+from llama_stack_scalarlm.runtime import LATEST, ServerRuntime
 
+MODEL_REFRESH_S = 2
 
 class ScalarLMInferenceProvider:
     def __init__(self, config: ScalarLMConfig):
@@ -36,6 +37,11 @@ class ScalarLMInferenceProvider:
 
     async def initialize(self) -> None:
         self.runtime.start_workers()
+        # Trained models must reach /v1/models within seconds of their first checkpoint; the stack
+        # re-lists provider models every 300 s, a module constant read on each round of its loop.
+        import llama_stack.core.stack as stack
+
+        stack.REGISTRY_REFRESH_INTERVAL_SECONDS = MODEL_REFRESH_S
 
     async def shutdown(self) -> None:
         self.runtime.stop()
@@ -43,6 +49,9 @@ class ScalarLMInferenceProvider:
     # -- models -----------------------------------------------------------------------------------
 
     async def list_models(self) -> list[Model]:
+        names = self.runtime.served_models()
+        if self.runtime.trained_models():
+            names.append(LATEST)
         return [
             Model(
                 identifier=name,
@@ -51,11 +60,11 @@ class ScalarLMInferenceProvider:
                 model_type=ModelType.llm,
                 metadata={"context_length": self.runtime.config.max_model_len},
             )
-            for name in self.runtime.served_models()
+            for name in names
         ]
 
     async def should_refresh_models(self) -> bool:
-        return False
+        return True  # trained models appear as their checkpoints land
 
     async def register_model(self, model: Model) -> Model:
         self.runtime.resolve_model(model.provider_resource_id, self.__provider_id__)

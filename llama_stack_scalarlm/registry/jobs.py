@@ -1,0 +1,141 @@
+"""Job ids and job directories on the shared filesystem.
+
+A job's id is the hash of what determines its result: the dataset's bytes (by their sha256), the
+trainer code version, the base model and the normalized hyperparameters. Submitting the same job
+twice finds the same directory and trains once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..paths import safe_join
+from .files import read_model, write_atomic, write_model
+from .schema import CheckpointInfo, Hyperparameters, JobStatus, TrainingJob
+
+COMPLETE_MARK = ".complete"
+JOB_PREFIX = "job-"
+
+
+def job_id_for(dataset_sha256: str, trainer_version: str, base_model: str, hyperparameters: Hyperparameters) -> str:
+    canonical = json.dumps(
+        {
+            "dataset": dataset_sha256,
+            "trainer": trainer_version,
+            "base_model": base_model,
+            "hyperparameters": hyperparameters.model_dump(mode="json"),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return JOB_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+class JobRegistry:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def dir(self, job_id: str) -> Path:
+        return safe_join(self.root, job_id, field="job_uuid")
+
+    def exists(self, job_id: str) -> bool:
+        return (self.dir(job_id) / "job.json").exists()
+
+    def create(self, job: TrainingJob, dataset: Path) -> bool:
+        """Publish the job directory atomically; False when the same job already exists."""
+        target = self.dir(job.job_id)
+        if target.exists():
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{job.job_id}.", dir=self.root))
+        try:
+            _link_or_copy(dataset, staging / "dataset.jsonl")
+            write_model(staging / "job.json", job)
+            now = time.time()
+            total = job.hyperparameters.steps
+            write_model(staging / "status.json", JobStatus(job_id=job.job_id, total_steps=total, created=now, updated=now))
+            (staging / "checkpoints").mkdir()
+            try:
+                os.rename(staging, target)
+            except OSError:  # somebody else published the same job first
+                return False
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return True
+
+    def add_alias(self, alias: str, job_id: str) -> None:
+        """A caller-chosen name (Llama Stack's ``job_uuid``) for a job; the newest use wins."""
+        if alias != job_id:
+            write_atomic(safe_join(self.root / "aliases", alias, field="job_uuid"), job_id.encode())
+
+    def resolve(self, name: str) -> str | None:
+        """The job id for a job id or an alias; None when neither exists."""
+        if self.exists(name):
+            return name
+        alias = safe_join(self.root / "aliases", name, field="job_uuid")
+        return alias.read_text() if alias.exists() else None
+
+    def job(self, job_id: str) -> TrainingJob:
+        return read_model(self.dir(job_id) / "job.json", TrainingJob)
+
+    def status(self, job_id: str) -> JobStatus:
+        status = read_model(self.dir(job_id) / "status.json", JobStatus)
+        status.checkpoints = self.checkpoints(job_id)
+        return status
+
+    def update_status(self, job_id: str, **changes) -> JobStatus:
+        status = read_model(self.dir(job_id) / "status.json", JobStatus)
+        status = status.model_copy(update={**changes, "updated": time.time()})
+        write_model(self.dir(job_id) / "status.json", status)
+        return status
+
+    def job_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name.startswith(JOB_PREFIX) and (p / "job.json").exists())
+
+    def checkpoints(self, job_id: str) -> list[CheckpointInfo]:
+        """Complete checkpoints, oldest first (a checkpoint is complete once its marker exists)."""
+        found = []
+        for path in (self.dir(job_id) / "checkpoints").glob("checkpoint-*"):
+            if not (path / COMPLETE_MARK).exists():
+                continue
+            step = int(path.name.rsplit("-", 1)[1])
+            kind = "lora" if (path / "adapter_config.json").exists() else "full"
+            found.append(CheckpointInfo(step=step, path=str(path), kind=kind))
+        return sorted(found, key=lambda c: c.step)
+
+    def latest_checkpoint(self, job_id: str) -> CheckpointInfo | None:
+        checkpoints = self.checkpoints(job_id)
+        return checkpoints[-1] if checkpoints else None
+
+    def log_tail(self, job_id: str, lines: int = 40) -> str:
+        log = self.dir(job_id) / "slurm.log"
+        if not log.exists():
+            return ""
+        with open(log, "rb") as handle:
+            handle.seek(max(0, log.stat().st_size - 64 * 1024))
+            return b"\n".join(handle.read().splitlines()[-lines:]).decode(errors="replace")
+
+    def read_log(self, job_id: str, offset: int = 0, limit: int = 1 << 20) -> tuple[int, str]:
+        """Log text from byte ``offset`` (for ``logs -f``): (next offset, text)."""
+        log = self.dir(job_id) / "slurm.log"
+        if not log.exists():
+            return offset, ""
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(limit)
+        return offset + len(data), data.decode(errors="replace")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

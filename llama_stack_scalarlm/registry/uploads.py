@@ -1,0 +1,131 @@
+"""Content-addressed uploads: chunked, resumable, hashed while streaming, stored once per content.
+
+``blobs/<sha256>`` holds finished uploads; ``partial/<upload_id>`` grows chunk by chunk. A client
+that knows its file's sha256 asks first, and when the bytes are already here it sends nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from ..errors import InvalidFieldError
+from ..paths import safe_join
+from .files import read_model, write_model
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class UploadConflictError(InvalidFieldError):
+    status_code = 409
+
+
+class UploadSession(BaseModel):
+    upload_id: str
+    size: int = Field(..., ge=1)
+    offset: int = 0
+    sha256: str | None = Field(None, description="set once the content is stored")
+    expected_sha256: str | None = None
+    complete: bool = False
+
+
+class UploadStore:
+    def __init__(self, root: Path, max_bytes: int):
+        self.root = root
+        self.max_bytes = max_bytes
+        self._hashers: dict[str, hashlib._Hash] = {}
+
+    def blob(self, sha256: str) -> Path:
+        if not _SHA256.match(sha256 or ""):
+            raise InvalidFieldError("sha256", f"{sha256!r} is not a lowercase hex sha256")
+        return safe_join(self.root / "blobs", sha256, field="sha256")
+
+    def has(self, sha256: str) -> bool:
+        return self.blob(sha256).exists()
+
+    def begin(self, size: int, sha256: str | None = None) -> UploadSession:
+        if size > self.max_bytes:
+            raise InvalidFieldError("size", f"{size} bytes is more than the upload limit of {self.max_bytes}")
+        if sha256 is not None and self.has(sha256):
+            return UploadSession(upload_id="", size=size, offset=size, sha256=sha256, complete=True)
+        session = UploadSession(upload_id=secrets.token_hex(12), size=size, expected_sha256=sha256)
+        (self.root / "partial").mkdir(parents=True, exist_ok=True)
+        self._partial(session.upload_id).touch()
+        self._save(session)
+        self._hashers[session.upload_id] = hashlib.sha256()
+        return session
+
+    def session(self, upload_id: str) -> UploadSession:
+        path = self._meta(upload_id)
+        if not path.exists():
+            raise KeyError(upload_id)
+        return read_model(path, UploadSession)
+
+    async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
+        """Append bytes at ``offset`` (which must be where the upload stands: resume from there)."""
+        session = self.session(upload_id)
+        if offset != session.offset:
+            raise UploadConflictError("offset", f"{offset} given, the upload stands at {session.offset}")
+        hasher = self._hasher(session)
+        with open(self._partial(upload_id), "ab") as handle:
+            async for chunk in chunks:
+                if session.offset + len(chunk) > session.size:
+                    raise InvalidFieldError("size", f"more bytes than the declared {session.size}")
+                handle.write(chunk)
+                hasher.update(chunk)
+                session.offset += len(chunk)
+        self._save(session)
+        return session
+
+    def finish(self, upload_id: str) -> UploadSession:
+        session = self.session(upload_id)
+        if session.offset != session.size:
+            raise InvalidFieldError("size", f"{session.offset} of {session.size} bytes received")
+        digest = self._hasher(session).hexdigest()
+        if session.expected_sha256 and digest != session.expected_sha256:
+            raise InvalidFieldError("sha256", f"content hashes to {digest}, not {session.expected_sha256}")
+        blob = self.blob(digest)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if blob.exists():
+            self._partial(upload_id).unlink()
+        else:
+            os.replace(self._partial(upload_id), blob)
+        self._meta(upload_id).unlink()
+        self._hashers.pop(upload_id, None)
+        return session.model_copy(update={"sha256": digest, "complete": True})
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store small content (e.g. rows read from a Llama Stack dataset) directly; returns its sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        blob = self.blob(digest)
+        if not blob.exists():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            tmp = blob.with_name(f".{digest}.{secrets.token_hex(4)}")
+            tmp.write_bytes(data)
+            os.replace(tmp, blob)
+        return digest
+
+    def _hasher(self, session: UploadSession) -> hashlib._Hash:
+        """The running hash; after a server restart, rebuilt from the bytes already received."""
+        if session.upload_id not in self._hashers:
+            hasher = hashlib.sha256()
+            with open(self._partial(session.upload_id), "rb") as handle:
+                while block := handle.read(1 << 20):
+                    hasher.update(block)
+            self._hashers[session.upload_id] = hasher
+        return self._hashers[session.upload_id]
+
+    def _partial(self, upload_id: str) -> Path:
+        return safe_join(self.root / "partial", upload_id, field="upload_id")
+
+    def _meta(self, upload_id: str) -> Path:
+        return safe_join(self.root / "partial", f"{upload_id}.json", field="upload_id")
+
+    def _save(self, session: UploadSession) -> None:
+        write_model(self._meta(session.upload_id), session)

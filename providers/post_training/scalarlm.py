@@ -1,0 +1,215 @@
+"""Translate Llama Stack post_training calls into ScalarLM training jobs.
+
+Choices where the 0.6 API and ScalarLM differ (README, "Training"):
+- The caller's ``job_uuid`` becomes an alias; the job's id is ScalarLM's content hash, which is
+  also the model id the trained weights are served under. Both ids work in every route.
+- Steps = ``n_epochs * max_steps_per_epoch``. ScalarLM settings the 0.6 types lack (backend,
+  nodes, processes, checkpoint interval...) go in ``hyperparam_search_config`` by their
+  ScalarLM names.
+- ``dataset_id`` names a Llama Stack dataset (rows read through datasetio) or a ScalarLM upload
+  as ``sha256:<hex>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+
+from llama_stack_api.datasetio.models import IterRowsRequest
+from pydantic import ValidationError
+
+from llama_stack_scalarlm.api.post_training import (
+    CancelTrainingJobRequest,
+    Checkpoint,
+    DataConfig,
+    GetTrainingJobArtifactsRequest,
+    GetTrainingJobStatusRequest,
+    JobStatus,
+    ListPostTrainingJobsResponse,
+    LoraFinetuningConfig,
+    PostTrainingJob,
+    PostTrainingJobArtifactsResponse,
+    PostTrainingJobStatusResponse,
+    PostTrainingMetric,
+    PreferenceOptimizeRequest,
+    SupervisedFineTuneRequest,
+    TrainingConfig,
+)
+from llama_stack_scalarlm.config import ScalarLMConfig
+from llama_stack_scalarlm.errors import InvalidFieldError, UnknownJobError
+from llama_stack_scalarlm.registry.schema import Hyperparameters, JobStatus as ScalarLMJobStatus, LoraSettings
+from llama_stack_scalarlm.runtime import ServerRuntime
+
+_STATES = {
+    "QUEUED": JobStatus.scheduled,
+    "TRAINING": JobStatus.in_progress,
+    "COMPLETED": JobStatus.completed,
+    "FAILED": JobStatus.failed,
+    "CANCELLED": JobStatus.cancelled,
+}
+# torchtune-style module names that 0.6 clients send, and the Hugging Face names they mean
+_MODULES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj", "o_proj": "o_proj"}
+_MLP = ["gate_proj", "up_proj", "down_proj"]
+
+
+class ScalarLMPostTrainingProvider:
+    def __init__(self, config: ScalarLMConfig, datasetio):
+        self.runtime = ServerRuntime.get(ScalarLMConfig.load(config.model_dump(exclude_unset=True)))
+        self.datasetio = datasetio
+
+    async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
+        if not request.model:
+            raise InvalidFieldError("model", "the base model to fine-tune is required")
+        lora = None
+        if request.algorithm_config is not None:
+            if not isinstance(request.algorithm_config, LoraFinetuningConfig):
+                raise InvalidFieldError("algorithm_config.type", f"{request.algorithm_config.type} is not supported")
+            lora = _lora(request.algorithm_config)
+        hyper = _hyperparameters(request.training_config, request.hyperparam_search_config, method="sft", lora=lora)
+        return await self._submit(request.job_uuid, request.model, request.training_config, hyper)
+
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        hyper = _hyperparameters(
+            request.training_config, request.hyperparam_search_config, method="dpo",
+            dpo_beta=request.algorithm_config.beta,
+        )
+        return await self._submit(request.job_uuid, request.finetuned_model, request.training_config, hyper)
+
+    async def get_training_jobs(self) -> ListPostTrainingJobsResponse:
+        return ListPostTrainingJobsResponse(data=[PostTrainingJob(job_uuid=s.job_id) for s in self.training.jobs()])
+
+    async def get_training_job_status(self, request: GetTrainingJobStatusRequest) -> PostTrainingJobStatusResponse:
+        status = self.training.status(self._job_id(request.job_uuid))
+        started = status.loss_history[0].elapsed_s if status.loss_history else None
+        return PostTrainingJobStatusResponse(
+            job_uuid=status.job_id,
+            status=_STATES[status.state],
+            scheduled_at=_time(status.created),
+            started_at=_time(status.created) if started is not None else None,
+            completed_at=_time(status.updated) if status.state == "COMPLETED" else None,
+            resources_allocated=self.training.registry.job(status.job_id).hyperparameters.model_dump(
+                include={"nodes", "gpus_per_node", "processes_per_node", "backend"}
+            ) | {"slurm_job_id": status.slurm_job_id, "step": status.step, "total_steps": status.total_steps,
+                 "error": status.error},
+            checkpoints=_checkpoints(status),
+        )
+
+    async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
+        self.training.cancel(self._job_id(request.job_uuid))
+
+    async def get_training_job_artifacts(
+        self, request: GetTrainingJobArtifactsRequest
+    ) -> PostTrainingJobArtifactsResponse:
+        status = self.training.status(self._job_id(request.job_uuid))
+        return PostTrainingJobArtifactsResponse(job_uuid=status.job_id, checkpoints=_checkpoints(status))
+
+    async def shutdown(self) -> None:
+        self.runtime.stop()
+
+    @property
+    def training(self):
+        return self.runtime.training
+
+    def _job_id(self, job_uuid: str) -> str:
+        job_id = self.training.registry.resolve(job_uuid)
+        if job_id is None:
+            raise UnknownJobError(job_uuid)
+        return job_id
+
+    async def _submit(self, alias: str, model: str, training: TrainingConfig, hyper: Hyperparameters):
+        if training.data_config is None:
+            raise InvalidFieldError("training_config.data_config", "required: it names the dataset")
+        sha256 = await self._dataset(training.data_config)
+        status = self.training.submit(model, sha256, hyper)
+        self.training.registry.add_alias(alias, status.job_id)
+        return PostTrainingJob(job_uuid=status.job_id)
+
+    async def _dataset(self, data: DataConfig) -> str:
+        """The dataset's content hash in the upload store (rows from datasetio are stored as JSONL)."""
+        if data.dataset_id.startswith("sha256:"):
+            return data.dataset_id.removeprefix("sha256:")
+        try:
+            page = await self.datasetio.iterrows(IterRowsRequest(dataset_id=data.dataset_id))
+        except Exception as exc:
+            raise InvalidFieldError("training_config.data_config.dataset_id", f"{data.dataset_id!r}: {exc}") from exc
+        lines = [json.dumps(_row(row, data.data_format.value)) for row in page.data]
+        return self.training.uploads.put_bytes(("\n".join(lines) + "\n").encode() if lines else b"")
+
+
+def _row(row: dict, data_format: str) -> dict:
+    """0.6 datasets name instruct columns input_query/expected_answer; ScalarLM's trainer reads input/output."""
+    if data_format == "instruct" and "input_query" in row:
+        return {"input": row["input_query"], "output": row.get("expected_answer", row.get("generated_answer"))}
+    return row
+
+
+def _lora(config: LoraFinetuningConfig) -> LoraSettings:
+    unknown = [m for m in config.lora_attn_modules if m not in _MODULES]
+    if unknown:
+        raise InvalidFieldError("algorithm_config.lora_attn_modules", f"unknown modules {unknown}")
+    if config.use_dora or config.quantize_base:
+        raise InvalidFieldError("algorithm_config", "use_dora and quantize_base are not supported")
+    modules = sorted({_MODULES[m] for m in config.lora_attn_modules} | (set(_MLP) if config.apply_lora_to_mlp else set()))
+    try:
+        return LoraSettings(rank=config.rank, alpha=config.alpha, target_modules=modules)
+    except ValidationError as exc:
+        raise InvalidFieldError(f"algorithm_config.{_first_loc(exc)}", _first_msg(exc)) from None
+
+
+def _hyperparameters(training: TrainingConfig, overrides: dict, **fixed) -> Hyperparameters:
+    values: dict = {"steps": training.n_epochs * training.max_steps_per_epoch,
+                    "gradient_accumulation_steps": training.gradient_accumulation_steps}
+    if training.data_config is not None:
+        values |= {"batch_size": training.data_config.batch_size,
+                   "pack_sequences": bool(training.data_config.packed)}
+        if training.data_config.train_on_input:
+            raise InvalidFieldError("training_config.data_config.train_on_input", "not supported")
+    if (opt := training.optimizer_config) is not None:
+        if opt.optimizer_type.value not in ("adam", "adamw"):
+            raise InvalidFieldError("training_config.optimizer_config.optimizer_type", "only adamw is supported")
+        values |= {"learning_rate": opt.lr, "weight_decay": opt.weight_decay, "warmup_steps": opt.num_warmup_steps}
+    unknown = sorted(set(overrides) - set(Hyperparameters.model_fields))
+    if unknown:
+        raise InvalidFieldError(f"hyperparam_search_config.{unknown[0]}", "not a ScalarLM hyperparameter")
+    try:
+        return Hyperparameters.model_validate(values | overrides | fixed)
+    except ValidationError as exc:
+        raise InvalidFieldError(_first_loc(exc), _first_msg(exc)) from None
+
+
+def _first_loc(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = ".".join(str(p) for p in error["loc"])
+    if not loc and str(error["msg"]).startswith("Value error, "):
+        return str(error["msg"]).removeprefix("Value error, ").split(":", 1)[0]
+    return loc or "training_config"
+
+
+def _first_msg(exc: ValidationError) -> str:
+    return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+
+
+def _checkpoints(status: ScalarLMJobStatus) -> list[Checkpoint]:
+    losses = {p.step: p.loss for p in status.loss_history}
+    out = []
+    for checkpoint in status.checkpoints:
+        loss = losses.get(checkpoint.step)
+        metric = None
+        if loss is not None:
+            # no validation set is evaluated: validation_loss is NaN (null in JSON)
+            metric = PostTrainingMetric(epoch=0, train_loss=loss, validation_loss=math.nan,
+                                        perplexity=math.exp(min(loss, 50)))
+        out.append(Checkpoint(
+            identifier=f"{status.job_id}/checkpoint-{checkpoint.step}",
+            created_at=_time(status.updated),
+            epoch=0,
+            post_training_job_id=status.job_id,
+            path=checkpoint.path,
+            training_metrics=metric,
+        ))
+    return out
+
+
+def _time(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
