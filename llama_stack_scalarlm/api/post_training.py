@@ -403,7 +403,7 @@ def create_router(impl: PostTraining) -> APIRouter:
     ) -> None:
         uuid = body.job_uuid if body is not None else job_uuid
         if not uuid:
-            raise HTTPException(status_code=422, detail="job_uuid is required (JSON body or query)")
+            raise HTTPException(status_code=400, detail="job_uuid: required (JSON body or query)")
         await impl.cancel_training_job(CancelTrainingJobRequest(job_uuid=uuid))
 
     @router.get(
