@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import ScalarLMConfig
-from .errors import InvalidFieldError, UnknownModelError
+from .errors import InvalidFieldError
 from .models.builtin import BUILDERS
 from .models.store import ModelStore
 from .registry.datasets import validate_jsonl
@@ -40,7 +40,7 @@ class TrainingService:
         """The job's status; the same job submitted twice is the same job, trained once."""
         base_model = base_model.removeprefix("scalarlm/")
         if base_model not in self.models.names() and base_model not in BUILDERS:
-            raise UnknownModelError(base_model)
+            raise InvalidFieldError("model", f"{base_model!r} is not in the model store nor a built-in model")
         if not self.uploads.has(dataset_sha256):
             raise InvalidFieldError("dataset_id", f"no dataset with sha256 {dataset_sha256}")
         validate_jsonl(self.uploads.blob(dataset_sha256), hyperparameters.method)
@@ -110,8 +110,7 @@ class TrainingService:
         job_dir = self.registry.dir(job_id)
         script = job_dir / "train.sbatch"
         script.write_text(render_sbatch_script(self.registry.job(job_id), job_dir, python=sys.executable))
-        slurm_id = self.slurm.sbatch(script, job_name=job_id, output=job_dir / "slurm.log", workdir=job_dir,
-                                     env=self.config.to_env())
+        slurm_id = self.slurm.sbatch(script, workdir=job_dir, env=self.config.to_env())  # the script's #SBATCH lines decide
         self.registry.update_status(job_id, slurm_job_id=slurm_id)
         log.info("job %s submitted to SLURM as %s", job_id, slurm_id)
 
