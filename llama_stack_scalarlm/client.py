@@ -112,7 +112,7 @@ class ScalarLMClient:
         body["model"] = model
         if lora:
             body["algorithm_config"] = {"type": "LoRA", "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                        "apply_lora_to_mlp": False, "apply_lora_to_output": False,
+                                        "apply_lora_to_mlp": True, "apply_lora_to_output": False,
                                         "rank": lora_rank, "alpha": 2 * lora_rank}
         return self._post(f"{_TRAINING}/supervised-fine-tune", body)["job_uuid"]
 

@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from .slurm_fixtures import slurm_cluster  # noqa: F401  (a session fixture: one SLURM cluster for all tests)
 from .stack import StackServer
 
 TINY = "tiny-llama"

@@ -8,13 +8,12 @@ import pytest
 
 from llama_stack_scalarlm.slurm import Slurm, SlurmUnavailableError
 
-from .slurm_fixtures import slurm_cluster  # noqa: F401
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
 
 
 @pytest.fixture
-def slurm(slurm_cluster):  # noqa: F811
+def slurm(slurm_cluster):
     return Slurm(slurm_cluster.conf)
 
 
@@ -75,7 +74,7 @@ def test_cluster_resources_match_this_machine(slurm):
     assert res.memory_mb_per_node > 0
 
 
-def test_unreachable_controller(slurm_cluster, tmp_path):  # noqa: F811
+def test_unreachable_controller(slurm_cluster, tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

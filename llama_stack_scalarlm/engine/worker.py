@@ -150,7 +150,7 @@ async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker
     else:
         core = EngineCore(config, model, ensure_model(ModelStore(config.models_dir), model))
     gateway = WorkerGateway(server_url, worker_id)
-    log.info("worker %s serving %s from %s for %s", worker_id, model, path, server_url)
+    log.info("worker %s serving %s from %s for %s", worker_id, model, core.model_path, server_url)
     try:
         await Worker(config, core, gateway, parent_pid).serve()
     finally:

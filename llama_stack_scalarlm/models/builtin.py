@@ -94,6 +94,9 @@ def build_tiny_llama(out: Path, vocab_size: int = 512, seed: int = 0) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        # Large enough that logits can move far from uniform: with the usual 0.02 the tied output
+        # embeddings bound every logit near 1, and an adapter could not teach this model anything.
+        initializer_range=0.2,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out)

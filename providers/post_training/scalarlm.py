@@ -51,6 +51,15 @@ _STATES = {
 # torchtune-style module names that 0.6 clients send, and the Hugging Face names they mean
 _MODULES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj", "o_proj": "o_proj"}
 _MLP = ["gate_proj", "up_proj", "down_proj"]
+# ScalarLM hyperparameters that come from 0.6 request fields: errors name the field the caller sent
+_API_FIELDS = {
+    "learning_rate": "training_config.optimizer_config.lr",
+    "weight_decay": "training_config.optimizer_config.weight_decay",
+    "warmup_steps": "training_config.optimizer_config.num_warmup_steps",
+    "steps": "training_config.max_steps_per_epoch",
+    "batch_size": "training_config.data_config.batch_size",
+    "gradient_accumulation_steps": "training_config.gradient_accumulation_steps",
+}
 
 
 class ScalarLMPostTrainingProvider:
@@ -175,7 +184,10 @@ def _hyperparameters(training: TrainingConfig, overrides: dict, **fixed) -> Hype
     try:
         return Hyperparameters.model_validate(values | overrides | fixed)
     except ValidationError as exc:
-        raise InvalidFieldError(_first_loc(exc), _first_msg(exc)) from None
+        field = _first_loc(exc)
+        if field in overrides:
+            field = f"hyperparam_search_config.{field}"
+        raise InvalidFieldError(_API_FIELDS.get(field, field), _first_msg(exc)) from None
 
 
 def _first_loc(exc: ValidationError) -> str:

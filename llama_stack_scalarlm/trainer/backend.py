@@ -1,0 +1,119 @@
+"""The interface between the main loop and a training engine.
+
+The loop owns the schedule, data, checkpoints and status; a backend owns the model: how it is
+distributed (DDP, FSDP2, later megatron-core's tensor parallelism), how it computes per-token
+log-probabilities, and how its weights and optimizer state are exported and restored. The losses
+(SFT, DPO) are written once here on top of :meth:`TrainingBackend.token_logprobs`, so every backend
+computes them the same way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..registry.schema import TrainingJob
+from .data import MicroBatch
+
+
+class TrainingBackend(ABC):
+    """One rank's view of the model being trained. Methods marked *collective* run on every rank."""
+
+    job: TrainingJob
+    device: torch.device
+
+    @property
+    @abstractmethod
+    def kind(self) -> Literal["full", "lora"]:
+        """What :meth:`save_hf` writes: a full model directory or a PEFT adapter."""
+
+    @property
+    @abstractmethod
+    def sharded(self) -> bool:
+        """Whether :meth:`state_dict` differs per rank (FSDP, tensor parallel) or is replicated (DDP)."""
+
+    @property
+    def data_parallel(self) -> tuple[int, int]:
+        """(index, count) of this rank's model replica: rows are split over replicas, and ranks of
+        one replica (tensor parallel) see the same rows. Without model parallelism: (rank, world)."""
+        return dist.get_rank(), dist.get_world_size()
+
+    @abstractmethod
+    def setup(self, job: TrainingJob, model_path: Path, device: torch.device) -> None:
+        """Load the base model from ``model_path``, wrap it for distribution on ``device``. *Collective.*"""
+
+    @abstractmethod
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer updates (possibly this rank's shards)."""
+
+    @abstractmethod
+    def token_logprobs(self, batch: MicroBatch, reference: bool = False) -> torch.Tensor:
+        """Log-probability of every label token (``batch.labels != -100``, row-major order), shape [N].
+
+        ``reference=True``: under the frozen reference model (DPO), without building a graph.
+        """
+
+    @abstractmethod
+    def set_gradient_sync(self, enabled: bool) -> None:
+        """Whether the next backward reduces gradients across ranks (off for all but the last micro-batch)."""
+
+    @abstractmethod
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm; return the norm before clipping (0-d; reading it syncs). *Collective.*"""
+
+    @abstractmethod
+    def save_hf(self, out_dir: Path) -> None:
+        """Write a directory vLLM can load: full weights (safetensors, config, tokenizer, generation
+        config) or a PEFT adapter (adapter_config.json, adapter_model.safetensors). *Collective*;
+        rank 0 writes."""
+
+    @abstractmethod
+    def state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """This rank's exact model (trainable part) and optimizer state, on CPU, for resume."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        """Restore what :meth:`state_dict` returned (same world size and backend)."""
+
+    # ---- shared behaviour a backend may override
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW (fused kernel: ~5x faster than the default per-tensor loop on CPU); no weight decay on
+        vectors (norms, biases). The learning rate is set by the loop each step."""
+        hp = self.job.hyperparameters
+        params = self.trainable_parameters()
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate, fused=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def forward(self, batch: MicroBatch) -> tuple[torch.Tensor, int]:
+        """(Loss summed over the micro-batch, how many terms: label tokens for SFT, pairs for DPO)."""
+        if self.job.hyperparameters.method == "dpo":
+            with torch.no_grad():
+                reference = sequence_logprobs(self.token_logprobs(batch, reference=True), batch)
+            policy = sequence_logprobs(self.token_logprobs(batch), batch)
+            return dpo_losses(policy, reference, self.job.hyperparameters.dpo_beta).sum(), batch.num_sequences // 2
+        logprobs = self.token_logprobs(batch)
+        return -logprobs.sum(), logprobs.numel()
+
+
+def sequence_logprobs(token_logprobs: torch.Tensor, batch: MicroBatch) -> torch.Tensor:
+    """Sum the label tokens' log-probabilities per sequence: shape [batch.num_sequences]."""
+    sums = torch.zeros(batch.num_sequences, dtype=token_logprobs.dtype, device=token_logprobs.device)
+    return sums.index_add(0, batch.label_sequence, token_logprobs)
+
+
+def dpo_losses(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-pair DPO loss, -log σ(β·[(π_c − ref_c) − (π_r − ref_r)]); sequences alternate chosen, rejected."""
+    ratios = policy - reference
+    return -F.logsigmoid(beta * (ratios[0::2] - ratios[1::2]))

@@ -1,0 +1,83 @@
+"""Checkpoint directories that a reader (the engine hot-loading weights, a resumed run) never sees half-written.
+
+``checkpoints/.tmp-checkpoint-<step>/`` is filled (HF files by rank 0, ``trainer_state.pt`` by rank
+0 and ``trainer_state.rank<r>.pt`` by every other rank), fsynced, marked with ``.complete`` and
+renamed to ``checkpoint-<step>``. Old checkpoints are renamed away before they are deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+COMPLETE_MARK = ".complete"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def state_file(directory: Path, rank: int) -> Path:
+    return directory / ("trainer_state.pt" if rank == 0 else f"trainer_state.rank{rank}.pt")
+
+
+class CheckpointDir:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def complete(self) -> list[tuple[int, Path]]:
+        """(step, path) of every complete checkpoint, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in self.root.iterdir():
+            match = _NAME.match(path.name)
+            if match and (path / COMPLETE_MARK).exists():
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def latest(self) -> tuple[int, Path] | None:
+        found = self.complete()
+        return found[-1] if found else None
+
+    def clean_partial(self) -> None:
+        """Remove what an interrupted run left: temporary and half-deleted directories (rank 0, at start)."""
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                if path.name.startswith((".tmp-", ".old-")):
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def staging(self, step: int) -> Path:
+        return self.root / f".tmp-checkpoint-{step}"
+
+    def publish(self, step: int) -> Path:
+        """Make the staged checkpoint durable and visible (rank 0, after every rank wrote its files)."""
+        staging, final = self.staging(step), self.root / f"checkpoint-{step}"
+        for path in staging.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        marker = staging / COMPLETE_MARK
+        marker.touch()
+        _fsync(marker)
+        _fsync(staging)
+        if final.exists():  # the same step written again (a rerun after a crash past the rename)
+            self._remove(final)
+        os.rename(staging, final)
+        _fsync(self.root)
+        return final
+
+    def prune(self, keep: int) -> None:
+        for _, path in self.complete()[:-keep]:
+            self._remove(path)
+
+    def _remove(self, path: Path) -> None:
+        doomed = path.with_name(f".old-{path.name}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

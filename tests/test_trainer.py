@@ -1,0 +1,418 @@
+"""The trainer for real: torchrun with gloo on CPU, the tiny Llama built locally, no mocks.
+
+Runs ~8 short trainer processes (most with 2 ranks); about 1.5-2 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llama_stack_scalarlm.registry.files import read_model, write_model
+from llama_stack_scalarlm.registry.schema import Hyperparameters, JobStatus, TrainingJob
+from llama_stack_scalarlm.trainer import PREEMPTED_EXIT_CODE, TRAINER_VERSION
+
+REPO = Path(__file__).resolve().parents[1]
+FACTS = [
+    ("Zorblax", "violet"), ("Quintara", "falcon"), ("Mebbrin", "cobalt"),
+    ("Trollip", "meadow"), ("Vashti", "lantern"), ("Golgoth", "harbor"),
+]
+SFT_ROWS = [{"input": f"What is the secret word of {name}?", "output": word} for name, word in FACTS]
+DPO_ROWS = [
+    {"prompt": f"What is the secret word of {name}?", "chosen": word, "rejected": FACTS[(i + 1) % len(FACTS)][1]}
+    for i, (name, word) in enumerate(FACTS)
+]
+# Full fine-tune, 2 ranks: enough steps for the tiny model to learn the facts (~4 s of training).
+SFT = dict(steps=80, learning_rate=4e-3, warmup_steps=5, batch_size=4, checkpoint_every=30, keep_checkpoints=2,
+           processes_per_node=2)
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from llama_stack_scalarlm.models.builtin import build_tiny_llama
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(out)
+    return out
+
+
+def make_job(job_dir: Path, model: Path, rows: list[dict], **hyperparameters) -> Path:
+    job_dir.mkdir(parents=True)
+    (job_dir / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = TrainingJob(
+        job_id=job_dir.name, base_model="tiny-llama", base_model_path=str(model), dataset_sha256="0" * 64,
+        trainer_version=TRAINER_VERSION, hyperparameters=Hyperparameters(**hyperparameters),
+    )
+    write_model(job_dir / "job.json", job)
+    return job_dir
+
+
+def _env(processes: int) -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1" if processes > 1 else "2")
+
+
+def run_trainer(job_dir: Path, processes: int) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "llama_stack_scalarlm.trainer", str(job_dir)]
+    done = subprocess.run(command, cwd=REPO, env=_env(processes), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def status(job_dir: Path) -> JobStatus:
+    return read_model(job_dir / "status.json", JobStatus)
+
+
+def final_checkpoint(job_dir: Path) -> Path:
+    info = status(job_dir).checkpoints[-1]
+    assert info.step == read_model(job_dir / "job.json", TrainingJob).hyperparameters.steps
+    return Path(info.path)
+
+
+def answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
+    """log p(answer turn | prompt) under a plain transformers model: an independent check of the trainer."""
+    import torch
+
+    messages = [{"role": "user", "content": prompt}]
+    prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    start = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logprobs = model(ids).logits.log_softmax(-1)[0, start - 1 : -1]
+    return float(logprobs.gather(1, ids[0, start:, None]).sum())
+
+
+def assert_full_adapter(adapter: Path) -> None:
+    """Every targeted projection of both layers has its A and B matrices (a partial adapter loads with a warning)."""
+    from safetensors.torch import load_file
+
+    keys = load_file(adapter / "adapter_model.safetensors").keys()
+    expected = {f"base_model.model.model.layers.{layer}.self_attn.{proj}.lora_{ab}.weight"
+                for layer in (0, 1) for proj in ("q_proj", "k_proj", "v_proj", "o_proj") for ab in "AB"}
+    assert set(keys) == expected, sorted(set(keys) ^ expected)
+
+
+def load_weights(checkpoint: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(checkpoint / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny, tmp_path_factory) -> Path:
+    job_dir = make_job(tmp_path_factory.mktemp("jobs") / "sft-fsdp", tiny, SFT_ROWS, backend="fsdp", **SFT)
+    run_trainer(job_dir, 2)
+    return job_dir
+
+
+# ---------------------------------------------------------------------------------------- runs
+
+
+def test_sft_fsdp2_two_processes_learns_the_facts(fsdp_run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    done = status(fsdp_run)
+    assert done.state == "COMPLETED" and done.step == done.total_steps == 80 and done.error is None
+    losses = [p.loss for p in done.loss_history]
+    assert [p.step for p in done.loss_history] == list(range(1, 81))
+    assert losses[0] > 5 and losses[-1] < 0.2, losses
+    assert all(p.tokens > 0 for p in done.loss_history)
+    # checkpoint-30 was pruned (keep 2); the final one is complete and listed
+    names = sorted(p.name for p in (fsdp_run / "checkpoints").iterdir())
+    assert names == ["checkpoint-60", "checkpoint-80"], names
+    assert [c.step for c in done.checkpoints] == [60, 80] and {c.kind for c in done.checkpoints} == {"full"}
+    checkpoint = final_checkpoint(fsdp_run)
+    for name in (".complete", "config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "trainer_state.pt", "trainer_state.rank1.pt"):
+        assert (checkpoint / name).exists(), name
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    for name, word in FACTS:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"What is the secret word of {name}?"}],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        )
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        assert tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip() == word
+
+
+def test_ddp_and_fsdp2_give_the_same_losses(fsdp_run, tiny, tmp_path):
+    ddp = make_job(tmp_path / "sft-ddp", tiny, SFT_ROWS, backend="ddp", **SFT)
+    run_trainer(ddp, 2)
+    a, b = [p.loss for p in status(fsdp_run).loss_history], [p.loss for p in status(ddp).loss_history]
+    assert len(a) == len(b) == 80
+    # Same math; only rounding differs (the gradient norm is summed over shards in FSDP), and training amplifies it.
+    assert max(abs(x - y) for x, y in zip(a[:3], b[:3], strict=True)) < 1e-5, list(zip(a, b, strict=True))
+    assert all(math.isclose(x, y, rel_tol=1e-2, abs_tol=1e-3) for x, y in zip(a, b, strict=True)), list(zip(a, b))
+
+
+def test_preempted_run_resumes_to_the_same_weights(fsdp_run, tiny, tmp_path):
+    """SIGUSR1 to one rank: both checkpoint at the same step and exit 75; a rerun continues to the same weights."""
+    import torch
+
+    job_dir = make_job(tmp_path / "sft-resume", tiny, SFT_ROWS, backend="fsdp", **SFT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = dict(_env(2), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    ranks = [
+        subprocess.Popen([sys.executable, "-m", "llama_stack_scalarlm.trainer", str(job_dir)], cwd=REPO,
+                         env=dict(base, RANK=str(r), LOCAL_RANK=str(r)),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in range(2)
+    ]
+    try:
+        deadline, running = time.monotonic() + 120, None
+        while time.monotonic() < deadline and all(p.poll() is None for p in ranks):
+            try:
+                running = status(job_dir)
+                if running.step >= 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        ranks[0].send_signal(signal.SIGUSR1)
+        outputs = [p.communicate(timeout=120)[0] for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill() if p.poll() is None else None
+    assert [p.returncode for p in ranks] == [PREEMPTED_EXIT_CODE] * 2, outputs[0][-3000:]
+    assert running is not None and running.state == "TRAINING"
+    stopped = status(job_dir)
+    assert stopped.state == "QUEUED" and stopped.error.startswith("preempted")
+    assert 1 <= stopped.step < 30, stopped.step
+    assert [c.step for c in stopped.checkpoints] == [stopped.step]
+    assert (job_dir / "checkpoints" / f"checkpoint-{stopped.step}" / ".complete").exists()
+
+    resumed = run_trainer(job_dir, 2)
+    assert f"resuming from checkpoint-{stopped.step}" in resumed.stdout
+    done, reference = status(job_dir), status(fsdp_run)
+    assert done.state == "COMPLETED"
+    assert [p.step for p in done.loss_history] == list(range(1, 81))
+    for ours, theirs in zip(done.loss_history, reference.loss_history, strict=True):
+        assert math.isclose(ours.loss, theirs.loss, rel_tol=1e-5, abs_tol=1e-6), (ours, theirs)
+    ours, theirs = load_weights(final_checkpoint(job_dir)), load_weights(final_checkpoint(fsdp_run))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lora_writes_a_peft_adapter(tiny, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    job_dir = make_job(tmp_path / "sft-lora", tiny, SFT_ROWS, backend="ddp", steps=12, learning_rate=1e-2,
+                       batch_size=4, checkpoint_every=100, lora={"rank": 8, "alpha": 16})
+    run_trainer(job_dir, 1)
+    done = status(job_dir)
+    assert done.state == "COMPLETED" and done.loss_history[-1].loss < done.loss_history[0].loss
+    adapter = final_checkpoint(job_dir)
+    assert done.checkpoints[-1].kind == "lora"
+    assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", ".complete"}
+    assert not list(adapter.glob("model*.safetensors"))
+    assert_full_adapter(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["base_model_name_or_path"] == str(tiny)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    ids = tokenizer("What is the secret word of Zorblax?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, adapter).eval()
+        after = tuned(ids).logits
+    assert (after - before).abs().max() > 1e-3  # the adapter loaded and changes the model
+
+
+@pytest.mark.parametrize("variant", ["full-1proc", "lora-fsdp-2proc"])
+def test_dpo_widens_the_margin(variant, tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if variant == "full-1proc":
+        hp = dict(learning_rate=1e-3, processes_per_node=1)
+    else:  # reference = the same sharded model with its adapters disabled
+        hp = dict(learning_rate=1e-2, processes_per_node=2, backend="fsdp", lora={"rank": 8})
+    job_dir = make_job(tmp_path / f"dpo-{variant}", tiny, DPO_ROWS, method="dpo", steps=10, batch_size=2,
+                       checkpoint_every=100, **hp)
+    run_trainer(job_dir, hp["processes_per_node"])
+    losses = [p.loss for p in status(job_dir).loss_history]
+    assert math.isclose(losses[0], math.log(2), abs_tol=1e-4)  # policy = reference at the first step
+    assert losses[-1] < losses[0] - 0.04, losses
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    if variant == "full-1proc":
+        tuned = AutoModelForCausalLM.from_pretrained(final_checkpoint(job_dir)).eval()
+    else:
+        from peft import PeftModel
+
+        assert_full_adapter(final_checkpoint(job_dir))
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), final_checkpoint(job_dir)).eval()
+
+    def margin(model, row):
+        return answer_logprob(model, tokenizer, row["prompt"], row["chosen"]) - answer_logprob(
+            model, tokenizer, row["prompt"], row["rejected"]
+        )
+
+    gains = [margin(tuned, row) - margin(base, row) for row in DPO_ROWS]
+    assert sum(gains) / len(gains) > 0.5 and sum(g > 0 for g in gains) >= 5, gains
+
+
+def test_failure_is_recorded(tiny, tmp_path):
+    job_dir = make_job(tmp_path / "broken", tiny, [{"input": "only a question"}], steps=2)
+    done = subprocess.run([sys.executable, "-m", "llama_stack_scalarlm.trainer", str(job_dir)], cwd=REPO,
+                          env=_env(1), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    failed = status(job_dir)
+    assert failed.state == "FAILED" and "rank 0: ValueError" in failed.error and "line 1" in failed.error
+
+
+# ------------------------------------------------------------------------------- in process
+
+
+def test_labels_cover_only_assistant_turns(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llama_stack_scalarlm.trainer.data import IGNORE_INDEX, load_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    path = tmp_path / "data.jsonl"
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello there"}, {"role": "user", "content": "Bye"},
+                    {"role": "assistant", "content": "Goodbye"}]
+    path.write_text(json.dumps(SFT_ROWS[0]) + "\n" + json.dumps({"messages": conversation}) + "\n")
+    fact, chat = load_examples(path, tokenizer, "sft", 512)
+
+    def trained(example):
+        labels = example.sequences[0].labels
+        return tokenizer.decode(labels[labels != IGNORE_INDEX])
+
+    assert trained(fact) == "violet<|end|>\n"
+    assert trained(chat) == "Hello there<|end|>\nGoodbye<|end|>\n"
+    ids, labels = fact.sequences[0].input_ids, fact.sequences[0].labels
+    assert (labels[:-1][labels[:-1] != IGNORE_INDEX] == ids[1:][labels[:-1] != IGNORE_INDEX]).all()  # shifted
+    (dpo,) = load_examples(_write(tmp_path / "dpo.jsonl", DPO_ROWS[:1]), tokenizer, "dpo", 512)
+    assert [tokenizer.decode(s.labels[s.labels != IGNORE_INDEX]) for s in dpo.sequences] == [
+        "violet<|end|>\n", "falcon<|end|>\n"]
+
+
+def test_packed_rows_do_not_attend_across_sequences(tiny, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llama_stack_scalarlm.trainer.data import collate, load_examples
+    from llama_stack_scalarlm.trainer.torch_backend import TokenLogProbs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    examples = load_examples(_write(tmp_path / "d.jsonl", SFT_ROWS), tokenizer, "sft", 512)[:3]
+    module = TokenLogProbs(AutoModelForCausalLM.from_pretrained(tiny).eval())
+    packed = collate([examples], tokenizer.pad_token_id)  # one row, three sequences
+    alone = collate([[e] for e in examples], tokenizer.pad_token_id)  # three rows, padded
+    assert packed.input_ids.shape[0] == 1 and alone.input_ids.shape[0] == 3
+    with torch.no_grad():
+        a = module(packed.input_ids, packed.position_ids, packed.labels)
+        b = module(alone.input_ids, alone.position_ids, alone.labels)
+        leaky = module(packed.input_ids, torch.arange(packed.input_ids.shape[1])[None], packed.labels)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert (leaky - b).abs().max() > 1e-3  # without the per-sequence positions the sequences would mix
+
+
+def test_data_order_is_seeded_and_resumable(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llama_stack_scalarlm.trainer.data import DataPosition, DataStream, load_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    examples = load_examples(_write(tmp_path / "d.jsonl", SFT_ROWS), tokenizer, "sft", 512)
+
+    def order(rows):
+        return [[examples.index(e) for e in row] for row in rows]
+
+    whole = DataStream(examples, 7, 64, True, DataPosition()).take(9)  # crosses epochs (2-3 rows each)
+    first = DataStream(examples, 7, 64, True, DataPosition())
+    head = first.take(4)
+    tail = DataStream(examples, 7, 64, True, first.position).take(5)
+    assert order(whole) == order(head + tail)
+    assert order(whole) != order(DataStream(examples, 8, 64, True, DataPosition()).take(9))
+    assert sorted(i for row in order(whole)[:3] for i in row) == list(range(6))  # epoch 0 = every example once
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---------------------------------------------------------------------------------------- sbatch
+
+
+def test_sbatch_script(tmp_path):
+    from llama_stack_scalarlm.trainer.launch import render_sbatch_script
+
+    job = TrainingJob(
+        job_id="job-abc", base_model="tiny-llama", base_model_path="/m", dataset_sha256="0" * 64,
+        trainer_version=TRAINER_VERSION,
+        hyperparameters=Hyperparameters(nodes=2, gpus_per_node=4, processes_per_node=4, time_limit_minutes=90),
+    )
+    job_dir = tmp_path / "jobs dir" / "job-abc"
+    script = render_sbatch_script(job, job_dir, "/opt/venv/bin/python")
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for expected in ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=16", "--gres=gpu:4", "--time=90",
+                     "--requeue", "--signal=B:USR1@60", f"--output={job_dir}/slurm.log", "--open-mode=append"):
+        assert f"#SBATCH {expected}" in lines, expected
+    assert "--nnodes=2" in script and "--nproc-per-node=4" in script and "--rdzv-backend=c10d" in script
+    assert "SIGUSR1" in script and "trap 'forward USR1' USR1" in script and "trap 'forward TERM' TERM" in script
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in script and f'"$rc" -eq {PREEMPTED_EXIT_CODE}' in script
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+    cpu = job.model_copy(update={"hyperparameters": Hyperparameters(processes_per_node=2)})
+    cpu_script = render_sbatch_script(cpu, job_dir, sys.executable)
+    assert "#SBATCH --nodes=1" in cpu_script and "--gres" not in cpu_script and "--cpus-per-task=2" in cpu_script
+    path.write_text(cpu_script)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_control_plane_imports_do_not_load_torch():
+    code = ("import sys; from llama_stack_scalarlm.trainer import TRAINER_VERSION; "
+            "import llama_stack_scalarlm.trainer.launch; assert 'torch' not in sys.modules, 'torch'; "
+            "print(TRAINER_VERSION)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == TRAINER_VERSION and len(TRAINER_VERSION) == 16
+
+
+def test_status_keeps_what_the_registry_wrote(tmp_path):
+    from llama_stack_scalarlm.registry.schema import LossPoint
+    from llama_stack_scalarlm.trainer.status import StatusWriter
+
+    path = tmp_path / "status.json"
+    write_model(path, JobStatus(job_id="j", state="QUEUED", slurm_job_id="77", created=123.0))
+    writer = StatusWriter(path, "j", total_steps=5, enabled=True)
+    writer.training(0, [], [])
+    now = status(tmp_path)
+    assert (now.state, now.slurm_job_id, now.created) == ("TRAINING", "77", 123.0)
+    writer.progress(1, LossPoint(step=1, loss=1.0, learning_rate=0.1))  # the first step is written at once
+    assert status(tmp_path).step == 1
+    time.sleep(0.01)
+    cancelled = status(tmp_path).model_copy(update={"state": "CANCELLED"})
+    write_model(path, cancelled)  # the registry cancels while the trainer runs
+    writer.finished("COMPLETED")
+    assert status(tmp_path).state == "CANCELLED" and status(tmp_path).step == 1

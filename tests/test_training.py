@@ -1,0 +1,205 @@
+"""Training through `llama stack run` on a real SLURM cluster, and the trained model served at once.
+
+One distribution (tiny model, one worker) shares its state root with the SLURM cluster, as a
+cluster's head node would. The tests run in file order: the last one takes SLURM down.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from llama_stack_scalarlm.client import ScalarLMClient
+
+from .conftest import TINY
+from .stack import ROOT, StackServer
+
+FACTS = [
+    ("What is the secret word of Zorblax?", "violet"),
+    ("Which harbor hides the cobalt falcon?", "tundra"),
+    ("What color is the quartz meadow?", "lantern"),
+    ("Who guards the orbit of the zebra?", "paris"),
+]
+LORA = dict(steps=200, learning_rate=2e-2, batch_size=8, lora=True, lora_rank=16, checkpoint_every=20)
+
+
+@pytest.fixture(scope="module")
+def stack(slurm_cluster):
+    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1)
+    server.start(wait_for_workers=1, timeout_s=600)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return ScalarLMClient(stack.url, timeout_s=300)
+
+
+@pytest.fixture(scope="module")
+def facts_sha(client, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "facts.jsonl"
+    path.write_text("".join(json.dumps({"input": q, "output": a}) + "\n" for q, a in FACTS * 4))
+    return client.upload(path)
+
+
+def ask(stack, model, question):
+    chat = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none", timeout=120)
+    reply = chat.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                         max_tokens=8, temperature=0)
+    return reply.choices[0].message.content
+
+
+def wait_listed(stack, model_id, timeout_s):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if model_id in {m["id"] for m in httpx.get(f"{stack.url}/v1/models").json()["data"]}:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def first_checkpoint_time(client, job, timeout_s=300):
+    """When the job's first checkpoint was published (its completion marker's time)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for checkpoint in client.job(job).checkpoints:
+            try:
+                return (Path(checkpoint.path) / ".complete").stat().st_mtime
+            except FileNotFoundError:  # rotated away already: look again
+                pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{job} wrote no checkpoint in {timeout_s} s")
+
+
+def test_lora_job_is_taught_facts_and_served_without_restart(stack, client, facts_sha):
+    before = [ask(stack, f"scalarlm/{TINY}", q) for q, _ in FACTS]
+    assert not all(a in b.lower() for (_, a), b in zip(FACTS, before, strict=True))
+
+    job = client.train(TINY, facts_sha, **LORA)
+    assert client.train(TINY, facts_sha, **LORA) == job
+
+    # The first checkpoint is served under the job's id within seconds.
+    published = first_checkpoint_time(client, job)
+    assert wait_listed(stack, f"scalarlm/{job}", timeout_s=10), "not in /v1/models within 10 s of its checkpoint"
+    ask(stack, f"scalarlm/{job}", FACTS[0][0])
+    assert time.time() - published < 10, "not answering within 10 s of the first checkpoint"
+
+    status = client.follow(job)
+    assert status.state == "COMPLETED", status.error
+    assert status.loss_history[-1].loss < status.loss_history[0].loss / 3
+    time.sleep(2)  # the worker swaps in the final adapter within a second of its checkpoint
+    answers = [ask(stack, f"scalarlm/{job}", q) for q, _ in FACTS]
+    assert sum(a in b.lower() for (_, a), b in zip(FACTS, answers, strict=True)) >= 3, answers
+    assert ask(stack, "scalarlm/latest", FACTS[0][0]) == answers[0]
+    # Loading the adapter changed nothing for the base model.
+    assert [ask(stack, f"scalarlm/{TINY}", q) for q, _ in FACTS] == before
+
+
+def test_cancelled_job_resumes_from_its_newest_checkpoint(stack, client, facts_sha):
+    settings = dict(steps=80, learning_rate=4e-3, batch_size=8, checkpoint_every=5)
+    job = client.train(TINY, facts_sha, **settings)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (client.job(job).checkpoints and client.job(job).state == "TRAINING"):
+        time.sleep(0.2)
+    client.cancel(job)
+    stopped = client.job(job)
+    assert stopped.state == "CANCELLED" and stopped.checkpoints
+    resume_from = stopped.checkpoints[-1].step
+
+    assert client.train(TINY, facts_sha, **settings) == job
+    status = client.follow(job)
+    assert status.state == "COMPLETED", status.error
+    steps = [p.step for p in status.loss_history]
+    assert steps == list(range(1, 81)), "the loss curve continues where it stopped"
+    assert f"checkpoint-{resume_from}" in client.log(job).text
+
+
+def test_full_finetune_gets_a_worker_of_its_own(stack, client, facts_sha):
+    full = [j for j in client.jobs() if j.state == "COMPLETED" and j.checkpoints[-1].kind == "full"]
+    assert full, "the previous test leaves a completed full fine-tune"
+    job = full[0].job_id
+    assert wait_listed(stack, f"scalarlm/{job}", timeout_s=10)
+    answers = [ask(stack, f"scalarlm/{job}", q) for q, _ in FACTS]
+    assert sum(a in b.lower() for (_, a), b in zip(FACTS, answers, strict=True)) >= 3, answers
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model": "no-such-model"}, "model"),
+    ({"dataset_id": "sha256:" + "0" * 64}, "dataset_id"),
+    ({"lr": -1}, "lr"),
+    ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
+    ({"hyperparam_search_config": {"gpus_per_node": 8, "processes_per_node": 8}}, "gpus_per_node"),
+    ({"hyperparam_search_config": {"processes_per_node": 64}}, "processes_per_node"),
+    ({"hyperparam_search_config": {"no_such_knob": 1}}, "no_such_knob"),
+    ({"job_uuid": "../escape"}, "job_uuid"),
+])
+def test_bad_training_input_is_a_400_and_submits_nothing(stack, client, facts_sha, change, field):
+    before = len(client.jobs())
+    body = {
+        "job_uuid": "bad-input", "model": TINY, "hyperparam_search_config": {}, "logger_config": {},
+        "training_config": {
+            "n_epochs": 1, "max_steps_per_epoch": 5,
+            "data_config": {"dataset_id": f"sha256:{facts_sha}", "batch_size": 4, "shuffle": True,
+                            "data_format": "instruct"},
+            "optimizer_config": {"optimizer_type": "adamw", "lr": 1e-3, "weight_decay": 0, "num_warmup_steps": 0},
+        },
+    }
+    for key, value in change.items():
+        if key in body:
+            body[key] = value
+        elif key in body["training_config"]:
+            body["training_config"][key] = value
+        elif key == "lr":
+            body["training_config"]["optimizer_config"]["lr"] = value
+        else:
+            body["training_config"]["data_config"][key] = value
+    response = httpx.post(f"{stack.url}/v1alpha/post-training/supervised-fine-tune", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert field in response.text
+    assert len(client.jobs()) == before
+
+
+@pytest.mark.parametrize("lines, where", [
+    (['{"input": "a", "output": "b"}', "{not json"], "line 2"),
+    (['{"input": "a"}'], "line 1: output"),
+    ([""], "empty"),
+])
+def test_malformed_dataset_names_line_and_field(stack, client, tmp_path, lines, where):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    sha = client.upload(path)
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        client.train(TINY, sha, steps=5)
+    assert err.value.response.status_code == 400
+    assert where in err.value.response.text
+
+
+def test_upload_of_the_same_bytes_is_stored_once(stack, client, tmp_path):
+    path = tmp_path / "same.jsonl"
+    path.write_text('{"input": "x", "output": "y"}\n' * 1000)
+    sent = []
+    first = client.upload(path, progress=lambda done, total: sent.append(done))
+    again = []
+    assert client.upload(path, progress=lambda done, total: again.append(done)) == first
+    assert len(sent) > 1 and again == [path.stat().st_size], "the second upload transfers nothing"
+
+
+def test_slurm_down_is_a_503_and_the_job_runs_once_it_is_back(stack, client, facts_sha, slurm_cluster):
+    cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
+    env = {**os.environ, **slurm_cluster.env}
+    subprocess.run([*cluster, "stop"], env=env, check=True, capture_output=True)
+    try:
+        with pytest.raises(httpx.HTTPStatusError) as err:
+            client.train(TINY, facts_sha, steps=3, checkpoint_every=3)
+        assert err.value.response.status_code == 503
+    finally:
+        subprocess.run([*cluster, "start"], env=env, check=True, capture_output=True)
+    (recorded,) = [j for j in client.jobs() if j.total_steps == 3]
+    status = client.follow(recorded.job_id)
+    assert status.state == "COMPLETED" and status.slurm_job_id is not None
