@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .errors import InvalidFieldError
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(InvalidFieldError):
     """A user-given name that is not a plain file name (a 400 for the field that carried it)."""
 
 
 def check_name(name: str, field: str = "name") -> str:
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise UnsafeNameError(f"{field}: {name!r} is not a valid name (letters, digits, '.', '_', '-'; no paths)")
+        raise UnsafeNameError(field, f"{name!r} is not a valid name (letters, digits, '.', '_', '-'; no paths)")
     return name
 
 
@@ -22,5 +24,5 @@ def safe_join(root: Path, name: str, field: str = "name") -> Path:
     """``root / name`` for a checked single-component ``name``; the result is inside ``root``."""
     path = (root / check_name(name, field)).resolve()
     if not path.is_relative_to(root.resolve()):
-        raise UnsafeNameError(f"{field}: {name!r} leaves its root")
+        raise UnsafeNameError(field, f"{name!r} leaves its root")
     return path

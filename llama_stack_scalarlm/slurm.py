@@ -12,6 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from llama_stack_api import ConflictError
 from pydantic import BaseModel
 
 # Client commands retry a refused connection for ~MessageTimeout (10 s): ping first where speed matters.
@@ -25,10 +26,17 @@ class SlurmError(RuntimeError):
     """A SLURM command failed; the message carries its stderr."""
 
 
-class SlurmUnavailableError(SlurmError):
-    """The controller cannot be reached (no cluster started, or it is down)."""
+class SlurmUnavailableError(SlurmError, ConflictError):
+    """The controller cannot be reached (no cluster started, or it is down): a 503.
+
+    A ConflictError too ("cannot be done in the current state"), because the stack answers those
+    through a registered handler and keeps the connection; its catch-all handler drops it.
+    """
 
     status_code = 503
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
 
 
 class ClusterResources(BaseModel):

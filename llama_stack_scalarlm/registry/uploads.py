@@ -13,6 +13,7 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from llama_stack_api import ConflictError
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidFieldError
@@ -22,8 +23,11 @@ from .files import read_model, write_model
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class UploadConflictError(InvalidFieldError):
-    status_code = 409
+class UploadConflictError(ConflictError):
+    """An append at the wrong offset (409): the client resumes from where the upload stands."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
 
 
 class UploadSession(BaseModel):
@@ -71,7 +75,7 @@ class UploadStore:
         """Append bytes at ``offset`` (which must be where the upload stands: resume from there)."""
         session = self.session(upload_id)
         if offset != session.offset:
-            raise UploadConflictError("offset", f"{offset} given, the upload stands at {session.offset}")
+            raise UploadConflictError(f"offset: {offset} given, the upload stands at {session.offset}")
         hasher = self._hasher(session)
         with open(self._partial(upload_id), "ab") as handle:
             async for chunk in chunks:

@@ -38,6 +38,7 @@ from llama_stack_scalarlm.api.post_training import (
 )
 from llama_stack_scalarlm.config import ScalarLMConfig
 from llama_stack_scalarlm.errors import InvalidFieldError, UnknownJobError
+from llama_stack_scalarlm.paths import check_name
 from llama_stack_scalarlm.registry.schema import Hyperparameters, JobStatus as ScalarLMJobStatus, LoraSettings
 from llama_stack_scalarlm.runtime import ServerRuntime
 
@@ -127,6 +128,7 @@ class ScalarLMPostTrainingProvider:
         return job_id
 
     async def _submit(self, alias: str, model: str, training: TrainingConfig, hyper: Hyperparameters):
+        check_name(alias, field="job_uuid")  # before anything is stored or submitted
         if training.data_config is None:
             raise InvalidFieldError("training_config.data_config", "required: it names the dataset")
         sha256 = await self._dataset(training.data_config)
