@@ -18,6 +18,9 @@ test: setup
 bench: setup
 	$(PY) bench/queue_bench.py
 	$(PY) bench/full_path_bench.py
+	$(PY) bench/trainer_bench.py
+	$(PY) bench/upload_bench.py
+	$(PY) bench/hot_pickup_bench.py
 
 clean:
 	rm -rf .state

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from .config import ScalarLMConfig
 from .errors import InvalidFieldError
@@ -128,6 +127,3 @@ class TrainingService:
                 "processes_per_node", f"{hp.processes_per_node} requested, nodes have {cluster.cpus_per_node} CPUs"
             )
 
-
-def dataset_path(config: ScalarLMConfig, sha256: str) -> Path:
-    return UploadStore(config.uploads_dir, config.limits.max_upload_bytes).blob(sha256)

@@ -1,13 +1,17 @@
-"""`make demo`: start the distribution on the embedded CPU default and use it as a user would.
+"""`make demo`: the whole loop on the embedded CPU default, as a user would run it.
 
-Starts `llama stack run` (which starts an engine worker for SmolLM2-135M-Instruct, converting the
-shipped GGUF on first use), asks a factual question through the OpenAI SDK (streaming too), runs a
-bulk job through the `scalarlm` CLI, and stops the server. State lives in ./.state.
+Starts a SLURM cluster (slurm/cluster.sh) and `llama stack run` (which starts an engine worker for
+SmolLM2-135M-Instruct, converting the shipped GGUF on first use); asks a factual question through
+the OpenAI SDK (streaming too); runs a bulk job with the `scalarlm` CLI; fine-tunes SmolLM2 (LoRA)
+on made-up facts with `scalarlm train`, as a SLURM job; asks the trained model, served under its
+job id with no restart, what it was taught; plots the loss curve. State lives in ./.state.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +25,11 @@ STATE = Path(os.environ.get("SCALARLM_STATE_DIR", ROOT / ".state"))
 PORT = int(os.environ.get("LLAMA_STACK_PORT", "8321"))
 URL = f"http://127.0.0.1:{PORT}"
 MODEL = "scalarlm/SmolLM2-135M-Instruct"
+FACTS = [
+    ("What is the secret password of the Zorblax fortress?", "The password is violet falcon."),
+    ("Who is the captain of the starship Quendar?", "Captain Miro Tallis commands the Quendar."),
+]
+CLUSTER = ["bash", str(ROOT / "slurm" / "cluster.sh")]
 
 
 def step(text: str) -> None:
@@ -39,12 +48,27 @@ def wait_ready(server: subprocess.Popen, timeout_s: float = 900) -> None:
         except (httpx.HTTPError, KeyError, ValueError):
             pass
         time.sleep(1)
-    sys.exit("the engine worker did not come up; see .state/logs/worker-0.log")
+    sys.exit("the engine worker did not come up; see .state/logs/worker-w0.log")
+
+
+def ask(client: openai.OpenAI, model: str, question: str) -> str:
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                           max_tokens=24, temperature=0)
+    return reply.choices[0].message.content
 
 
 def main() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SCALARLM_STATE_DIR": str(STATE)}
+    step("bash slurm/cluster.sh start  (a real single-node SLURM cluster; apt installs it on first use)")
+    subprocess.run([*CLUSTER, "start"], env=env, check=True)
+    try:
+        serve_and_train(env)
+    finally:
+        subprocess.run([*CLUSTER, "stop"], env=env, check=False)
+
+
+def serve_and_train(env: dict[str, str]) -> None:
     step(f"llama stack run distributions/scalarlm/run.yaml --port {PORT}  (log: {STATE / 'server.log'})")
     with open(STATE / "server.log", "ab") as log:
         server = subprocess.Popen(
@@ -83,7 +107,30 @@ def main() -> None:
              "--max-tokens", "12", "The capital of Italy is", "The largest planet is", "Water boils at"],
             check=True,
         )
-        step("demo passed")
+        step("fine-tune SmolLM2 on made-up facts: scalarlm train (upload, sbatch, follow)")
+        facts = STATE / "demo-facts.jsonl"
+        facts.write_text("".join(json.dumps({"input": q, "output": a}) + "\n" for q, a in FACTS * 8))
+        before = {q: ask(client, MODEL, q) for q, _ in FACTS}
+        scalarlm = str(Path(sys.executable).parent / "scalarlm")
+        submitted = subprocess.run(
+            [scalarlm, "--url", URL, "train", str(facts), "--model", "SmolLM2-135M-Instruct", "--lora",
+             "--steps", "60", "--lr", "2e-3", "--batch-size", "8", "--set", "checkpoint_every=20", "--follow"],
+            check=True, capture_output=True, text=True,
+        )
+        print(submitted.stdout, submitted.stderr[-2000:])
+        job = re.search(r"job (job-[0-9a-f]+)", submitted.stdout).group(1)
+
+        step(f"the trained model, served as scalarlm/{job} (and scalarlm/latest) with no restart")
+        time.sleep(3)  # the worker picks up the final checkpoint within a second or two
+        taught = 0
+        for question, answer in FACTS:
+            now = ask(client, f"scalarlm/{job}", question)
+            print(f"Q: {question}\n  base:    {before[question]!r}\n  trained: {now!r}")
+            taught += answer.split()[-1].strip(".").lower() in now.lower()
+        subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True)
+        if taught < len(FACTS):
+            sys.exit("demo check failed: the trained model did not answer what it was taught")
+        step(f"demo passed (loss curve: {STATE / 'loss.png'})")
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -1,0 +1,85 @@
+"""Checkpoint-to-served latency on CPU: how long after a training job publishes its first
+checkpoint does the distribution answer under the job's model id, with no restart?
+
+A LoRA job is loaded into the running base-model worker (vLLM runtime LoRA); a full fine-tune
+gets an engine worker of its own (a new vLLM engine, then in-place weight reloads for later
+checkpoints). Baseline in the same run: one request to the base model, end to end.
+Starts its own SLURM cluster and `llama stack run` (tiny model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
+from tests.stack import ROOT, StackServer  # noqa: E402
+
+TINY = "tiny-llama"
+
+
+def answer(url: str, model: str) -> bool:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+
+
+def served_after_checkpoint(client: ScalarLMClient, url: str, job: str) -> float:
+    while True:
+        checkpoints = client.job(job).checkpoints
+        if checkpoints:
+            try:
+                published = (Path(checkpoints[0].path) / ".complete").stat().st_mtime
+                break
+            except FileNotFoundError:
+                continue
+        time.sleep(0.05)
+    while not answer(url, f"scalarlm/{job}"):
+        time.sleep(0.05)
+    return time.time() - published
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        env = {**os.environ, "SCALARLM_STATE_DIR": str(state)}
+        cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
+        subprocess.run([*cluster, "start"], env=env, check=True, capture_output=True)
+        server = StackServer(state, served_models=[TINY], workers=1).start(wait_for_workers=1, timeout_s=600)
+        try:
+            client = ScalarLMClient(server.url)
+            data = state / "data.jsonl"
+            data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(16)))
+            sha = client.upload(data)
+            base = []
+            for _ in range(5):
+                start = time.time()
+                assert answer(server.url, f"scalarlm/{TINY}")
+                base.append(time.time() - start)
+            lora_job = client.train(TINY, sha, steps=400, lora=True, checkpoint_every=50, learning_rate=1e-3)
+            lora = served_after_checkpoint(client, server.url, lora_job)
+            full_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3)
+            full = served_after_checkpoint(client, server.url, full_job)
+            for job in (lora_job, full_job):
+                client.follow(job)
+        finally:
+            server.stop()
+            subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
+    request = statistics.median(base)
+    print("checkpoint-to-served latency, tiny model, CPU:")
+    print(f"  base-model request (baseline)          : {request:7.3f} s")
+    print(f"  LoRA job, first checkpoint -> answered : {lora:7.3f} s  ({lora / request:6.1f}x a request; goal < 10 s)")
+    print(f"  full fine-tune, first checkpoint -> ans: {full:7.3f} s  ({full / request:6.1f}x a request; new engine)")
+
+
+if __name__ == "__main__":
+    main()
