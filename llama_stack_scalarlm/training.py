@@ -65,6 +65,8 @@ class TrainingService:
         if not self.registry.exists(job_id):
             raise KeyError(job_id)
         status = self.registry.status(job_id)
+        if status.state == "FAILED" and status.log_tail is None:
+            status.log_tail = self.registry.log_tail(job_id)  # the trainer recorded the error; show its log too
         if status.state in TERMINAL_STATES or status.slurm_job_id is None:
             return status
         try:

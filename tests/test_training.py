@@ -192,6 +192,63 @@ def test_upload_of_the_same_bytes_is_stored_once(stack, client, tmp_path):
     assert len(sent) > 1 and again == [path.stat().st_size], "the second upload transfers nothing"
 
 
+def sft_body(job_uuid, dataset_id, steps=10, **extra):
+    return {
+        "job_uuid": job_uuid, "model": TINY, "hyperparam_search_config": {}, "logger_config": {},
+        "training_config": {
+            "n_epochs": 1, "max_steps_per_epoch": steps,
+            "data_config": {"dataset_id": dataset_id, "batch_size": 4, "shuffle": True, "data_format": "instruct"},
+            "optimizer_config": {"optimizer_type": "adamw", "lr": 1e-3, "weight_decay": 0, "num_warmup_steps": 0},
+        },
+        **extra,
+    }
+
+
+def test_llama_stack_dataset_through_the_post_training_routes(stack, client):
+    from llama_stack_client import LlamaStackClient
+
+    rows = [{"input_query": q, "expected_answer": a} for q, a in FACTS]
+    LlamaStackClient(base_url=stack.url).beta.datasets.register(
+        purpose="eval/question-answer", source={"type": "rows", "rows": rows}, dataset_id="facts-rows"
+    )
+    base = f"{stack.url}/v1alpha/post-training"
+    job = httpx.post(f"{base}/supervised-fine-tune", json=sft_body("my-run", "facts-rows"), timeout=60).json()["job_uuid"]
+    assert job.startswith("job-")
+    status = httpx.get(f"{base}/jobs/my-run/status").json()  # the caller's job_uuid works too
+    assert status["job_uuid"] == job and status["status"] in ("scheduled", "in_progress", "completed")
+    assert client.follow(job).state == "COMPLETED"
+    artifacts = httpx.get(f"{base}/job/artifacts", params={"job_uuid": job}).json()
+    assert artifacts["checkpoints"] and Path(artifacts["checkpoints"][-1]["path"]).is_dir()
+    assert job in {j["job_uuid"] for j in httpx.get(f"{base}/jobs").json()["data"]}
+    assert httpx.get(f"{base}/jobs/no-such-job/status").status_code == 404
+
+
+def test_preference_optimization_runs_dpo(stack, client, tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": q, "chosen": a, "rejected": FACTS[(i + 1) % 4][1]}) + "\n"
+                            for i, (q, a) in enumerate(FACTS)))
+    sha = client.upload(path)
+    body = sft_body("dpo-run", f"sha256:{sha}", steps=12)
+    body.pop("model")
+    body |= {"finetuned_model": TINY, "algorithm_config": {"beta": 0.1, "loss_type": "sigmoid"}}
+    response = httpx.post(f"{stack.url}/v1alpha/post-training/preference-optimize", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    status = client.follow(response.json()["job_uuid"])
+    assert status.state == "COMPLETED", status.error
+    assert status.loss_history[-1].loss < status.loss_history[0].loss
+
+
+def test_cli_ls_logs_plot_squeue(stack, client, tmp_path, capsys):
+    from llama_stack_scalarlm.cli import main as cli
+
+    job = next(j.job_id for j in client.jobs() if j.state == "COMPLETED")
+    for args in (["ls"], ["logs", job], ["squeue"], ["plot", job, "-o", str(tmp_path / "loss.png")]):
+        assert cli(["--url", stack.url, *args]) == 0
+    out = capsys.readouterr().out
+    assert job in out and "[trainer]" in out and "JOBID" in out
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_slurm_down_is_a_503_and_the_job_runs_once_it_is_back(stack, client, facts_sha, slurm_cluster):
     cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
     env = {**os.environ, **slurm_cluster.env}

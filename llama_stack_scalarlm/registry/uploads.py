@@ -58,6 +58,8 @@ class UploadStore:
             raise InvalidFieldError("size", f"{size} bytes is more than the upload limit of {self.max_bytes}")
         if sha256 is not None and self.has(sha256):
             return UploadSession(upload_id="", size=size, offset=size, sha256=sha256, complete=True)
+        if sha256 is not None and (broken := self._partial_for(sha256, size)) is not None:
+            return broken  # the same content was cut off earlier: resume where it stands
         session = UploadSession(upload_id=secrets.token_hex(12), size=size, expected_sha256=sha256)
         (self.root / "partial").mkdir(parents=True, exist_ok=True)
         self._partial(session.upload_id).touch()
@@ -114,6 +116,13 @@ class UploadStore:
             tmp.write_bytes(data)
             os.replace(tmp, blob)
         return digest
+
+    def _partial_for(self, sha256: str, size: int) -> UploadSession | None:
+        for meta in (self.root / "partial").glob("*.json"):
+            session = read_model(meta, UploadSession)
+            if session.expected_sha256 == sha256 and session.size == size:
+                return session
+        return None
 
     def _hasher(self, session: UploadSession) -> hashlib._Hash:
         """The running hash; after a server restart, rebuilt from the bytes already received."""

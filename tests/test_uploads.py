@@ -1,0 +1,49 @@
+"""Content-addressed uploads on their own: chunks, resume, dedup, limits, bad names."""
+
+import asyncio
+import hashlib
+
+import pytest
+
+from llama_stack_scalarlm.errors import InvalidFieldError
+from llama_stack_scalarlm.registry.uploads import UploadConflictError, UploadStore
+
+
+async def chunks(*parts):
+    for part in parts:
+        yield part
+
+
+def test_chunked_upload_is_hashed_stored_once_and_resumable(tmp_path):
+    store = UploadStore(tmp_path, max_bytes=1 << 20)
+    data = b"0123456789" * 100
+    digest = hashlib.sha256(data).hexdigest()
+    session = store.begin(len(data), digest)
+    asyncio.run(store.append(session.upload_id, 0, chunks(data[:300])))
+    with pytest.raises(UploadConflictError):
+        asyncio.run(store.append(session.upload_id, 0, chunks(data[:10])))
+    # The client went away; asking again for the same content resumes at byte 300.
+    resumed = UploadStore(tmp_path, max_bytes=1 << 20).begin(len(data), digest)
+    assert resumed.upload_id == session.upload_id and resumed.offset == 300
+    fresh = UploadStore(tmp_path, max_bytes=1 << 20)  # a restarted server rebuilds the running hash
+    asyncio.run(fresh.append(session.upload_id, 300, chunks(data[300:700], data[700:])))
+    done = fresh.finish(session.upload_id)
+    assert done.sha256 == digest and fresh.blob(digest).read_bytes() == data
+    again = fresh.begin(len(data), digest)
+    assert again.complete and again.offset == len(data), "the same bytes are not sent twice"
+
+
+def test_limits_and_bad_input(tmp_path):
+    store = UploadStore(tmp_path, max_bytes=100)
+    with pytest.raises(InvalidFieldError, match="size"):
+        store.begin(101)
+    session = store.begin(4, "0" * 64)
+    with pytest.raises(InvalidFieldError, match="size"):
+        asyncio.run(store.append(session.upload_id, 0, chunks(b"12345")))
+    asyncio.run(store.append(session.upload_id, 0, chunks(b"1234")))
+    with pytest.raises(InvalidFieldError, match="sha256"):
+        store.finish(session.upload_id)
+    with pytest.raises(InvalidFieldError, match="upload_id"):
+        store.session("../../etc/passwd")
+    with pytest.raises(InvalidFieldError, match="sha256"):
+        store.blob("../x")
