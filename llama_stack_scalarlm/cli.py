@@ -107,9 +107,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _squeue(args: argparse.Namespace) -> int:
-    print(f"{'JOBID':>8}  {'NAME':<30} {'STATE':<10} {'TIME':>10}  NODES")
+    print(f"{'JOBID':>8}  {'NAME':<34} {'STATE':<10} {'TIME':>10} {'NODES':>5}  NODELIST(REASON)")
     for e in ScalarLMClient(args.url).squeue():
-        print(f"{e.job_id:>8}  {e.name:<30} {e.state:<10} {e.time:>10}  {e.nodes}")
+        print(f"{e.job_id:>8}  {e.name:<34} {e.state:<10} {e.elapsed:>10} {e.nodes:>5}  {e.where}")
     return 0
 
 

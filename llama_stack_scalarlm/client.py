@@ -11,10 +11,11 @@ import hashlib
 import uuid
 from pathlib import Path
 
-from .api.scalarlm import BulkGenerateRequest, BulkGenerateResponse, BulkResultsResponse, LogChunk, SlurmQueueEntry
+from .api.scalarlm import BulkGenerateRequest, BulkGenerateResponse, BulkResultsResponse, LogChunk
 from .queue.schema import GenerationResult, QueueStats
 from .registry.schema import TERMINAL_STATES, JobStatus
 from .registry.uploads import UploadSession
+from .slurm import QueueEntry
 
 _BATCH = 5_000
 _CHUNK = 8 << 20
@@ -145,10 +146,10 @@ class ScalarLMClient:
     def cancel(self, job_id: str) -> None:
         _raise(self._http.post(f"{_TRAINING}/jobs/{job_id}/cancel"))
 
-    def squeue(self) -> list[SlurmQueueEntry]:
+    def squeue(self) -> list[QueueEntry]:
         response = self._http.get("/v1/scalarlm/training/squeue")
         _raise(response)
-        return [SlurmQueueEntry.model_validate(e) for e in response.json()]
+        return [QueueEntry.model_validate(e) for e in response.json()]
 
     def _post(self, path: str, body: dict) -> dict:
         response = self._http.post(path, json=body)

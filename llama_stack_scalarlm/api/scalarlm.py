@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from ..queue.schema import QueueStats, RequestStatus, WorkEvent, WorkItem
 from ..registry.schema import JobStatus
 from ..registry.uploads import UploadSession
+from ..slurm import QueueEntry
 
 PREFIX = "/v1/scalarlm"
 
@@ -79,14 +80,6 @@ class LogChunk(BaseModel):
     text: str
 
 
-class SlurmQueueEntry(BaseModel):
-    job_id: str
-    name: str
-    state: str
-    time: str
-    nodes: str
-
-
 @runtime_checkable
 class ScalarLM(Protocol):
     async def generate(self, request: BulkGenerateRequest) -> BulkGenerateResponse: ...
@@ -101,7 +94,7 @@ class ScalarLM(Protocol):
     async def finish_upload(self, upload_id: str) -> UploadSession: ...
     async def training_job(self, job_id: str) -> JobStatus: ...
     async def training_log(self, job_id: str, offset: int) -> LogChunk: ...
-    async def slurm_queue(self) -> list[SlurmQueueEntry]: ...
+    async def slurm_queue(self) -> list[QueueEntry]: ...
 
 
 def available_providers() -> list[InlineProviderSpec]:
@@ -155,8 +148,8 @@ def create_router(impl: ScalarLM) -> APIRouter:
     async def training_log(job_id: str, offset: int = Query(0, ge=0)) -> LogChunk:
         return await impl.training_log(job_id, offset)
 
-    @router.get("/training/squeue", response_model=list[SlurmQueueEntry], summary="The SLURM queue")
-    async def slurm_queue() -> list[SlurmQueueEntry]:
+    @router.get("/training/squeue", response_model=list[QueueEntry], summary="The SLURM queue")
+    async def slurm_queue() -> list[QueueEntry]:
         return await impl.slurm_queue()
 
     @router.post("/worker/lease", response_model=LeaseResponse, include_in_schema=False)

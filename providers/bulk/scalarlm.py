@@ -12,7 +12,6 @@ from llama_stack_scalarlm.api.scalarlm import (
     LeaseResponse,
     LogChunk,
     ReportRequest,
-    SlurmQueueEntry,
     UploadRequest,
 )
 from llama_stack_scalarlm.config import ScalarLMConfig
@@ -21,6 +20,7 @@ from llama_stack_scalarlm.queue.schema import GenerationRequest, QueueStats
 from llama_stack_scalarlm.registry.schema import JobStatus
 from llama_stack_scalarlm.registry.uploads import UploadSession
 from llama_stack_scalarlm.runtime import ServerRuntime
+from llama_stack_scalarlm.slurm import QueueEntry
 
 
 class ScalarLMBulkProvider:
@@ -85,9 +85,8 @@ class ScalarLMBulkProvider:
         next_offset, text = self.runtime.training.registry.read_log(self._job(job_id), offset)
         return LogChunk(offset=next_offset, text=text)
 
-    async def slurm_queue(self) -> list[SlurmQueueEntry]:
-        return [SlurmQueueEntry(**entry.model_dump(include=set(SlurmQueueEntry.model_fields)))
-                for entry in self.runtime.training.slurm.queue()]
+    async def slurm_queue(self) -> list[QueueEntry]:
+        return self.runtime.training.slurm.queue()
 
     def _upload(self, upload_id: str) -> UploadSession:
         try:
