@@ -42,6 +42,7 @@ def full_path(state: Path) -> float:
 async def in_process(state: Path) -> float:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
 
     from llama_stack_scalarlm.engine.core import EngineCore, configure_vllm_environment
     from llama_stack_scalarlm.models.builtin import ensure_model
@@ -53,7 +54,7 @@ async def in_process(state: Path) -> float:
     from llama_stack_scalarlm.queue.schema import GenerationRequest
 
     ids = [core.prompt_ids(GenerationRequest(kind="completion", model=MODEL, prompt=p)) for p in prompts]
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, output_kind=RequestOutputKind.FINAL_ONLY)
 
     async def one(i: int, request_id: str) -> int:
         tokens = 0

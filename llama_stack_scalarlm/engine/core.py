@@ -138,7 +138,8 @@ class EngineCore:
             max_tokens=request.max_tokens or self.config.max_model_len - prompt_len,
             stop=request.stop or None,
             seed=request.seed,
-            output_kind=RequestOutputKind.DELTA,
+            # Only streams need each step's text; the rest get one output at the end (less Python per token).
+            output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
         )
 
     async def run(self, item: WorkItem, emit: Emit) -> GenerationResult:

@@ -7,10 +7,12 @@ renamed to ``checkpoint-<step>``. Old checkpoints are renamed away before they a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 COMPLETE_MARK = ".complete"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -81,3 +83,28 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_hf_checkpoint(out_dir: Path, weights: dict, config: Any, tokenizer: Any,
+                        model_path: Path) -> None:
+    """A full Hugging Face model directory (safetensors shards, config, tokenizer, generation config) that
+    vLLM and transformers load as it is; both backends export through it."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = split_torch_state_dict_into_shards(weights, filename_pattern="model{suffix}.safetensors")
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: weights[n] for n in names}, out_dir / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    generation = Path(model_path) / "generation_config.json"
+    if generation.exists():
+        shutil.copyfile(generation, out_dir / "generation_config.json")
+    else:
+        from transformers import GenerationConfig
+
+        GenerationConfig.from_model_config(config).save_pretrained(out_dir)

@@ -51,6 +51,10 @@ def create_backend(name: str) -> TrainingBackend:
         from .torch_backend import TorchBackend
 
         return TorchBackend(name)  # type: ignore[arg-type]
+    if name == "megatron":
+        from .megatron_backend import MegatronBackend
+
+        return MegatronBackend()
     raise NotImplementedError(f"backend {name!r} is not implemented by this trainer yet")
 
 

@@ -12,8 +12,6 @@ positions are prompt tokens, and the [tokens × vocab] logits are the biggest ac
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch import nn
 
 from ..registry.schema import TrainingJob
 from .backend import TrainingBackend
+from .checkpoint import write_hf_checkpoint
 from .data import IGNORE_INDEX, MicroBatch
 
 
@@ -181,33 +180,14 @@ class TorchBackend(TrainingBackend):
         return out
 
     def _save_full(self, out_dir: Path) -> None:
-        from huggingface_hub import split_torch_state_dict_into_shards
-        from safetensors.torch import save_file
-
         unique, seen = [], set()
         for name, tensor in self.lm.state_dict(keep_vars=True).items():
             if id(tensor) not in seen:  # tied weights (lm_head = embeddings) are written once, as HF does
                 seen.add(id(tensor))
                 unique.append((name, tensor))
         weights = self._gather(unique, self.export_dtype)
-        if self.rank != 0:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        split = split_torch_state_dict_into_shards(weights, filename_pattern="model{suffix}.safetensors")
-        for filename, names in split.filename_to_tensors.items():
-            save_file({n: weights[n] for n in names}, out_dir / filename, metadata={"format": "pt"})
-        if split.is_sharded:
-            index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-            (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        self.base_config.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
-        generation = self.model_path / "generation_config.json"
-        if generation.exists():
-            shutil.copyfile(generation, out_dir / "generation_config.json")
-        else:
-            from transformers import GenerationConfig
-
-            GenerationConfig.from_model_config(self.base_config).save_pretrained(out_dir)
+        if self.rank == 0:
+            write_hf_checkpoint(out_dir, weights, self.base_config, self.tokenizer, self.model_path)
 
     def _save_adapter(self, out_dir: Path) -> None:
         from peft import get_peft_model_state_dict
