@@ -114,7 +114,7 @@ def serve_and_train(env: dict[str, str]) -> None:
         scalarlm = str(Path(sys.executable).parent / "scalarlm")
         submitted = subprocess.run(
             [scalarlm, "--url", URL, "train", str(facts), "--model", "SmolLM2-135M-Instruct", "--lora",
-             "--steps", "60", "--lr", "2e-3", "--batch-size", "8", "--set", "checkpoint_every=20", "--follow"],
+             "--steps", "25", "--lr", "2e-3", "--batch-size", "8", "--set", "checkpoint_every=10", "--follow"],
             check=True, capture_output=True, text=True,
         )
         print(submitted.stdout, submitted.stderr[-2000:])
