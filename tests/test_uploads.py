@@ -47,3 +47,20 @@ def test_limits_and_bad_input(tmp_path):
         store.session("../../etc/passwd")
     with pytest.raises(InvalidFieldError, match="sha256"):
         store.blob("../x")
+
+
+def test_a_put_cut_off_midway_resumes_where_its_bytes_end(tmp_path):
+    store = UploadStore(tmp_path, max_bytes=64 << 20)
+    data = bytes(range(256)) * (40 << 10)  # 10 MiB: more than one hand-off to the writer thread
+    session = store.begin(len(data), hashlib.sha256(data).hexdigest())
+
+    async def disconnecting():
+        yield data[: 6 << 20]
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(store.append(session.upload_id, 0, disconnecting()))
+    stands = store.session(session.upload_id).offset
+    assert 0 < stands <= 6 << 20
+    asyncio.run(store.append(session.upload_id, stands, chunks(data[stands:])))
+    assert store.finish(session.upload_id).sha256 == hashlib.sha256(data).hexdigest()

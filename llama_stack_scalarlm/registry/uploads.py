@@ -6,6 +6,7 @@ that knows its file's sha256 asks first, and when the bytes are already here it 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -21,6 +22,7 @@ from ..paths import safe_join
 from .files import read_model, write_model
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_BLOCK = 4 << 20  # bytes hashed and written per hand-off to a thread
 
 
 class UploadConflictError(ConflictError):
@@ -63,30 +65,47 @@ class UploadStore:
         session = UploadSession(upload_id=secrets.token_hex(12), size=size, expected_sha256=sha256)
         (self.root / "partial").mkdir(parents=True, exist_ok=True)
         self._partial(session.upload_id).touch()
-        self._save(session)
+        write_model(self._meta(session.upload_id), session)
         self._hashers[session.upload_id] = hashlib.sha256()
         return session
 
     def session(self, upload_id: str) -> UploadSession:
+        """The upload as it stands; its offset is the bytes on disk (so a PUT cut off midway resumes
+        exactly where its bytes end, and the metadata is written once, at ``begin``)."""
         path = self._meta(upload_id)
         if not path.exists():
             raise KeyError(upload_id)
-        return read_model(path, UploadSession)
+        session = read_model(path, UploadSession)
+        session.offset = self._partial(upload_id).stat().st_size
+        return session
 
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
-        """Append bytes at ``offset`` (which must be where the upload stands: resume from there)."""
+        """Append bytes at ``offset`` (which must be where the upload stands: resume from there).
+        Hashing and writing run in a thread, a few MiB at a time, while the next bytes arrive."""
         session = self.session(upload_id)
         if offset != session.offset:
             raise UploadConflictError(f"offset: {offset} given, the upload stands at {session.offset}")
         hasher = self._hasher(session)
         with open(self._partial(upload_id), "ab") as handle:
+            def store(block: bytes) -> None:
+                handle.write(block)
+                handle.flush()  # on disk (the offset) and in the hash together
+                hasher.update(block)
+
+            pending: list[bytes] = []
+            buffered = 0
             async for chunk in chunks:
-                if session.offset + len(chunk) > session.size:
+                if session.offset + buffered + len(chunk) > session.size:
                     raise InvalidFieldError("size", f"more bytes than the declared {session.size}")
-                handle.write(chunk)
-                hasher.update(chunk)
-                session.offset += len(chunk)
-        self._save(session)
+                pending.append(chunk)
+                buffered += len(chunk)
+                if buffered >= _BLOCK:
+                    await asyncio.to_thread(store, b"".join(pending))
+                    session.offset += buffered
+                    pending, buffered = [], 0
+            if pending:
+                await asyncio.to_thread(store, b"".join(pending))
+                session.offset += buffered
         return session
 
     def finish(self, upload_id: str) -> UploadSession:
@@ -101,6 +120,7 @@ class UploadStore:
         if blob.exists():
             self._partial(upload_id).unlink()
         else:
+            _fsync(self._partial(upload_id))  # a blob's name promises its content, even after a crash
             os.replace(self._partial(upload_id), blob)
         self._meta(upload_id).unlink()
         self._hashers.pop(upload_id, None)
@@ -121,7 +141,7 @@ class UploadStore:
         for meta in (self.root / "partial").glob("*.json"):
             session = read_model(meta, UploadSession)
             if session.expected_sha256 == sha256 and session.size == size:
-                return session
+                return self.session(session.upload_id)
         return None
 
     def _hasher(self, session: UploadSession) -> hashlib._Hash:
@@ -140,5 +160,8 @@ class UploadStore:
     def _meta(self, upload_id: str) -> Path:
         return safe_join(self.root / "partial", f"{upload_id}.json", field="upload_id")
 
-    def _save(self, session: UploadSession) -> None:
-        write_model(self._meta(session.upload_id), session)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

@@ -1,0 +1,303 @@
+"""Dataset upload on loopback: a 1 GiB file through ``ScalarLMClient.upload`` into a real server.
+
+Upload: ``llama stack run`` started as the tests start it (no engine workers), the client hashes the
+file, opens an upload session, sends chunked PUTs of 8 MiB; the server appends each chunk to the
+partial file while hashing it and saves the session (an fsynced JSON) after each PUT, and the final
+call checks the hash and moves the file to ``blobs/<sha256>``. Timed from the call to its return.
+Then the same file is uploaded again: the client hashes it, the server answers that the content is
+stored, and nothing is sent.
+
+Baselines measured in the same run on the same file (same disk, page cache warm, like the upload):
+(a) sha256 of the file in this process (hashlib, 8 MiB reads), (b) ``shutil.copyfile``. Neither
+the copy nor the upload fsyncs the data itself (it is synced after each, outside the timings). The
+upload has to read and hash and write, so min(a, b) is the ceiling a single-pass upload could reach.
+
+Then a profile of where the upload's time goes, each part measured on its own:
+client hashing (the client's own ``_sha256``), the send phase (the same upload with the hash
+already known), CPU seconds of the server and of the client during the upload, the server's
+storage path without HTTP (``UploadStore.append`` in-process, the chunk sizes the server gets),
+with and without the per-PUT fsync of the session file, those session saves alone, and HTTP alone
+(the same PUTs to a bare uvicorn app that reads and discards the body). The machine is shared: CPU
+seconds are printed next to wall times, as they move less with other processes' load.
+
+Usage: python bench/upload_bench.py [size_mib]   (default 1024)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llama_stack_scalarlm import client as client_module  # noqa: E402
+from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
+from llama_stack_scalarlm.registry import uploads as uploads_module  # noqa: E402
+from llama_stack_scalarlm.registry.uploads import UploadStore  # noqa: E402
+from tests.stack import StackServer, free_port  # noqa: E402
+
+SIZE = (int(sys.argv[1]) if len(sys.argv) > 1 else 1024) << 20
+BLOCK = 8 << 20
+MB = 1e6  # MB/s are decimal megabytes
+
+
+def make_file(path: Path) -> None:
+    with open(path, "wb") as handle:
+        for _ in range(SIZE // BLOCK):
+            handle.write(os.urandom(BLOCK))
+        handle.write(os.urandom(SIZE % BLOCK))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_file(path: Path) -> tuple[str, float]:
+    start = time.perf_counter()
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK):
+            hasher.update(block)
+    return hasher.hexdigest(), time.perf_counter() - start
+
+
+def copy_file(path: Path, target: Path) -> float:
+    start = time.perf_counter()
+    shutil.copyfile(path, target)
+    elapsed = time.perf_counter() - start
+    fsync_path(target)  # outside the timing; kept until the end (see main)
+    return elapsed
+
+
+def cpu_s(proc: psutil.Process) -> float:
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def timed_upload(client: ScalarLMClient, path: Path, server: psutil.Process) -> tuple[str, float, float, float]:
+    """(sha256, wall s, server CPU s, this process's CPU s) of one upload."""
+    server_cpu, own_cpu = cpu_s(server), time.process_time()
+    start = time.perf_counter()
+    digest = client.upload(path)
+    elapsed = time.perf_counter() - start
+    return digest, elapsed, cpu_s(server) - server_cpu, time.process_time() - own_cpu
+
+
+# ------------------------------------------------------------------------------------ profile
+
+
+async def store_alone(store: UploadStore, path: Path, piece: int) -> tuple[float, float]:
+    """(wall s, CPU s) of the server's storage path without HTTP: begin, one append per 8 MiB PUT
+    (fed ``piece``-byte parts, as the ASGI server hands over the body), finish."""
+    start, cpu = time.perf_counter(), time.process_time()
+    session = store.begin(SIZE)
+    with open(path, "rb") as handle:
+        while session.offset < SIZE:
+            chunk = handle.read(client_module._CHUNK)
+
+            async def parts(data: bytes = chunk):
+                view = memoryview(data)
+                for i in range(0, len(view), piece):
+                    yield bytes(view[i : i + piece])
+
+            session = await store.append(session.upload_id, session.offset, parts())
+    done = store.finish(session.upload_id)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    fsync_path(store.blob(done.sha256))
+    return elapsed, cpu
+
+
+def session_saves(root: Path, n: int) -> float:
+    """Seconds for ``n`` saves of an upload session (what append does once per PUT: write_atomic + fsync)."""
+    store = UploadStore(root, max_bytes=SIZE)
+    session = store.begin(SIZE)
+    start = time.perf_counter()
+    for i in range(n):
+        session.offset = i * client_module._CHUNK
+        store._save(session)
+    return time.perf_counter() - start
+
+
+def write_model_no_fsync(path: Path, model) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(model.model_dump_json(indent=2).encode())
+    os.replace(tmp, path)
+
+
+DISCARD_APP = textwrap.dedent('''
+    import json
+
+    stats = {"puts": 0, "parts": 0, "bytes": 0, "max_part": 0}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "PUT":
+            stats["puts"] += 1
+            more = True
+            while more:
+                message = await receive()
+                body = message.get("body", b"")
+                stats["parts"] += 1
+                stats["bytes"] += len(body)
+                stats["max_part"] = max(stats["max_part"], len(body))
+                more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(stats).encode()})
+''')
+
+
+def http_alone(path: Path, root: Path) -> tuple[float, float, float, dict]:
+    """The client's PUTs (8 MiB, httpx) to a bare uvicorn app (default loop/http, as `llama stack run`)
+    that reads each body and discards it."""
+    (root / "discard_app.py").write_text(DISCARD_APP)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "discard_app:app", "--port", str(port),
+                             "--log-level", "warning"], cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        server = psutil.Process(proc.pid)
+        with httpx.Client(base_url=url, timeout=120) as http:
+            server_cpu, own_cpu = cpu_s(server), time.process_time()
+            start = time.perf_counter()
+            with open(path, "rb") as handle:
+                offset = 0
+                while chunk := handle.read(client_module._CHUNK):
+                    http.put("/upload", params={"offset": offset}, content=chunk).raise_for_status()
+                    offset += len(chunk)
+            elapsed = time.perf_counter() - start
+            server_cpu, own_cpu = cpu_s(server) - server_cpu, time.process_time() - own_cpu
+            stats = http.get("/").json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return elapsed, server_cpu, own_cpu, stats
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    # Nothing is deleted until the end: the disk is ext4 mounted with `discard`, and freeing 1 GiB makes
+    # the next journal commit (the server's next fsync) pay for it. Each written file is fsynced outside
+    # the timings, so no measurement pays for an earlier one's writeback.
+    load = [os.getloadavg()[0]]
+    piece = 256 << 10  # the body parts uvicorn hands the server (see "HTTP alone": ~33 per 8 MiB PUT)
+    with tempfile.TemporaryDirectory(prefix="upload-bench-") as tmp:
+        root = Path(tmp)
+        path = root / "data.bin"
+        make_file(path)
+        expected, _ = hash_file(path)  # also warms the page cache, as for everything below
+        _, hash_s = hash_file(path)
+        copy_s = copy_file(path, root / "copy.bin")
+        load.append(os.getloadavg()[0])
+
+        server = StackServer(root / "state", workers=0).start()
+        try:
+            client = ScalarLMClient(server.url, timeout_s=600)
+            proc = psutil.Process(server.proc.pid)
+            digest, upload_s, server_cpu, client_cpu = timed_upload(client, path, proc)
+            blob = root / "state" / "uploads" / "blobs" / digest
+            assert digest == expected and blob.stat().st_size == SIZE, (digest, expected)
+            start = time.perf_counter()
+            fsync_path(blob)  # not part of the upload (the server does not fsync blobs): what durability would add
+            blob_fsync_s = time.perf_counter() - start
+            again_digest, again_s, again_server_cpu, again_client_cpu = timed_upload(client, path, proc)
+            assert again_digest == expected
+            load.append(os.getloadavg()[0])
+
+            # profile: client hashing alone; the send phase alone (hash known; the blob moved aside, not
+            # deleted, so the content is new to the server again)
+            start, cpu = time.perf_counter(), time.process_time()
+            client_module._sha256(path)
+            client_hash_s, client_hash_cpu = time.perf_counter() - start, time.process_time() - cpu
+            os.replace(blob, root / "first-blob.bin")
+            real_sha256 = client_module._sha256
+            client_module._sha256 = lambda _path: expected
+            try:
+                _, send_s, send_server_cpu, send_client_cpu = timed_upload(client, path, proc)
+            finally:
+                client_module._sha256 = real_sha256
+            fsync_path(blob)
+        finally:
+            server.stop()
+        load.append(os.getloadavg()[0])
+
+        store_s, store_cpu = asyncio.run(store_alone(UploadStore(root / "direct-1", SIZE), path, piece))
+        real_write_model = uploads_module.write_model
+        uploads_module.write_model = write_model_no_fsync
+        try:
+            nofsync_s, nofsync_cpu = asyncio.run(store_alone(UploadStore(root / "direct-2", SIZE), path, piece))
+        finally:
+            uploads_module.write_model = real_write_model
+        puts = -(-SIZE // client_module._CHUNK)
+        saves_s = session_saves(root / "direct-3", puts)
+        http_s, http_server_cpu, http_client_cpu, http_stats = http_alone(path, root)
+        load.append(os.getloadavg()[0])
+
+    gib = SIZE / 2**30
+
+    def rate(seconds: float) -> str:
+        return f"{SIZE / MB / seconds:6.0f} MB/s ({seconds:5.2f} s)"
+
+    ceiling = min(SIZE / hash_s, SIZE / copy_s) / MB
+    print(f"upload of {gib:g} GiB of random bytes on loopback, 2 cores; load avg (1 min) through the run: "
+          + " / ".join(f"{v:.2f}" for v in load))
+    print(f"  upload (client hash, then {puts} PUTs of 8 MiB; server hashes+writes, fsyncs its session JSON per PUT):")
+    print(f"                                   {rate(upload_s)}   (goal >= 500 MB/s); CPU s: server "
+          f"{server_cpu:.2f}, client {client_cpu:.2f}")
+    print(f"  repeated upload, same bytes      {again_s:5.2f} s (client hashes, nothing is sent); CPU s: server "
+          f"{again_server_cpu:.2f}, client {again_client_cpu:.2f}")
+    print(f"  baseline (a) sha256 in-process   {rate(hash_s)}  (hashlib, 8 MiB reads)")
+    print(f"  baseline (b) shutil.copyfile     {rate(copy_s)}")
+    print(f"  ratio upload / min(a, b)         {SIZE / upload_s / MB:.0f} / {ceiling:.0f} = "
+          f"{SIZE / upload_s / MB / ceiling:.3f}")
+    print(f"  (not in any figure: fsync of the stored blob afterwards took {blob_fsync_s:.2f} s; the server never "
+          "fsyncs blob data)")
+    print("profile (each part on its own, same run):")
+    print(f"  client hashing (client._sha256)  {rate(client_hash_s)}; CPU {client_hash_cpu:.2f} s")
+    print("  send phase (hash known: begin + PUTs + complete)")
+    print(f"                                   {rate(send_s)}; CPU s: server {send_server_cpu:.2f}, "
+          f"client {send_client_cpu:.2f}")
+    print(f"  server storage, no HTTP (UploadStore.append, {piece >> 10} KiB parts, in-process)")
+    print(f"                                   {rate(store_s)}; CPU {store_cpu:.2f} s")
+    print(f"    the same without the fsync     {rate(nofsync_s)}; CPU {nofsync_cpu:.2f} s")
+    print(f"    {puts} session saves alone (write_atomic + fsync, as once per PUT): {saves_s:.2f} s")
+    print("  HTTP alone (same PUTs, httpx -> bare uvicorn app that discards the body)")
+    print(f"                                   {rate(http_s)}; CPU s: server {http_server_cpu:.2f}, client "
+          f"{http_client_cpu:.2f}; {http_stats['parts'] / max(http_stats['puts'], 1):.0f} body parts per PUT "
+          f"(largest {http_stats['max_part'] >> 10} KiB)")
+
+
+if __name__ == "__main__":
+    main()
