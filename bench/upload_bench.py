@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llama_stack_scalarlm import client as client_module  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
-from llama_stack_scalarlm.registry import uploads as uploads_module  # noqa: E402
 from llama_stack_scalarlm.registry.uploads import UploadStore  # noqa: E402
 from tests.stack import StackServer, free_port  # noqa: E402
 
@@ -128,23 +127,6 @@ async def store_alone(store: UploadStore, path: Path, piece: int) -> tuple[float
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     fsync_path(store.blob(done.sha256))
     return elapsed, cpu
-
-
-def session_saves(root: Path, n: int) -> float:
-    """Seconds for ``n`` saves of an upload session (what append does once per PUT: write_atomic + fsync)."""
-    store = UploadStore(root, max_bytes=SIZE)
-    session = store.begin(SIZE)
-    start = time.perf_counter()
-    for i in range(n):
-        session.offset = i * client_module._CHUNK
-        store._save(session)
-    return time.perf_counter() - start
-
-
-def write_model_no_fsync(path: Path, model) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(model.model_dump_json(indent=2).encode())
-    os.replace(tmp, path)
 
 
 DISCARD_APP = textwrap.dedent('''
@@ -254,14 +236,7 @@ def main() -> None:
         load.append(os.getloadavg()[0])
 
         store_s, store_cpu = asyncio.run(store_alone(UploadStore(root / "direct-1", SIZE), path, piece))
-        real_write_model = uploads_module.write_model
-        uploads_module.write_model = write_model_no_fsync
-        try:
-            nofsync_s, nofsync_cpu = asyncio.run(store_alone(UploadStore(root / "direct-2", SIZE), path, piece))
-        finally:
-            uploads_module.write_model = real_write_model
         puts = -(-SIZE // client_module._CHUNK)
-        saves_s = session_saves(root / "direct-3", puts)
         http_s, http_server_cpu, http_client_cpu, http_stats = http_alone(path, root)
         load.append(os.getloadavg()[0])
 
@@ -273,7 +248,7 @@ def main() -> None:
     ceiling = min(SIZE / hash_s, SIZE / copy_s) / MB
     print(f"upload of {gib:g} GiB of random bytes on loopback, 2 cores; load avg (1 min) through the run: "
           + " / ".join(f"{v:.2f}" for v in load))
-    print(f"  upload (client hash, then {puts} PUTs of 8 MiB; server hashes+writes, fsyncs its session JSON per PUT):")
+    print(f"  upload (client hash, then {puts} PUTs of 8 MiB; server hashes+writes in a thread, fsyncs the blob):")
     print(f"                                   {rate(upload_s)}   (goal >= 500 MB/s); CPU s: server "
           f"{server_cpu:.2f}, client {client_cpu:.2f}")
     print(f"  repeated upload, same bytes      {again_s:5.2f} s (client hashes, nothing is sent); CPU s: server "
@@ -282,8 +257,7 @@ def main() -> None:
     print(f"  baseline (b) shutil.copyfile     {rate(copy_s)}")
     print(f"  ratio upload / min(a, b)         {SIZE / upload_s / MB:.0f} / {ceiling:.0f} = "
           f"{SIZE / upload_s / MB / ceiling:.3f}")
-    print(f"  (not in any figure: fsync of the stored blob afterwards took {blob_fsync_s:.2f} s; the server never "
-          "fsyncs blob data)")
+    print(f"  (not in any figure: an extra fsync of the stored blob afterwards took {blob_fsync_s:.2f} s)")
     print("profile (each part on its own, same run):")
     print(f"  client hashing (client._sha256)  {rate(client_hash_s)}; CPU {client_hash_cpu:.2f} s")
     print("  send phase (hash known: begin + PUTs + complete)")
@@ -291,8 +265,6 @@ def main() -> None:
           f"client {send_client_cpu:.2f}")
     print(f"  server storage, no HTTP (UploadStore.append, {piece >> 10} KiB parts, in-process)")
     print(f"                                   {rate(store_s)}; CPU {store_cpu:.2f} s")
-    print(f"    the same without the fsync     {rate(nofsync_s)}; CPU {nofsync_cpu:.2f} s")
-    print(f"    {puts} session saves alone (write_atomic + fsync, as once per PUT): {saves_s:.2f} s")
     print("  HTTP alone (same PUTs, httpx -> bare uvicorn app that discards the body)")
     print(f"                                   {rate(http_s)}; CPU s: server {http_server_cpu:.2f}, client "
           f"{http_client_cpu:.2f}; {http_stats['parts'] / max(http_stats['puts'], 1):.0f} body parts per PUT "
