@@ -55,7 +55,7 @@ def create_backend(name: str) -> TrainingBackend:
         from .megatron_backend import MegatronBackend
 
         return MegatronBackend()
-    raise NotImplementedError(f"backend {name!r} is not implemented by this trainer yet")
+    raise ValueError(f"backend: unknown {name!r} (ddp, fsdp or megatron)")
 
 
 def _seed(seed: int) -> None:
