@@ -36,3 +36,12 @@ def write_model(path: Path, model: BaseModel) -> None:
 
 def read_model(path: Path, cls: type[M]) -> M:
     return cls.model_validate_json(path.read_bytes())
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (after a rename), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

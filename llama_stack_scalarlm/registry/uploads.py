@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from ..errors import InvalidFieldError
 from ..paths import safe_join
-from .files import read_model, write_model
+from .files import fsync_path, read_model, write_model
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BLOCK = 4 << 20  # bytes hashed and written per hand-off to a thread
@@ -120,7 +120,7 @@ class UploadStore:
         if blob.exists():
             self._partial(upload_id).unlink()
         else:
-            _fsync(self._partial(upload_id))  # a blob's name promises its content, even after a crash
+            fsync_path(self._partial(upload_id))  # a blob's name promises its content, even after a crash
             os.replace(self._partial(upload_id), blob)
         self._meta(upload_id).unlink()
         self._hashers.pop(upload_id, None)
@@ -160,8 +160,3 @@ class UploadStore:
     def _meta(self, upload_id: str) -> Path:
         return safe_join(self.root / "partial", f"{upload_id}.json", field="upload_id")
 
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..registry.files import fsync_path
+
 COMPLETE_MARK = ".complete"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -56,15 +58,15 @@ class CheckpointDir:
         staging, final = self.staging(step), self.root / f"checkpoint-{step}"
         for path in staging.rglob("*"):
             if path.is_file():
-                _fsync(path)
+                fsync_path(path)
         marker = staging / COMPLETE_MARK
         marker.touch()
-        _fsync(marker)
-        _fsync(staging)
+        fsync_path(marker)
+        fsync_path(staging)
         if final.exists():  # the same step written again (a rerun after a crash past the rename)
             self._remove(final)
         os.rename(staging, final)
-        _fsync(self.root)
+        fsync_path(self.root)
         return final
 
     def prune(self, keep: int) -> None:
@@ -75,14 +77,6 @@ class CheckpointDir:
         doomed = path.with_name(f".old-{path.name}")
         os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_hf_checkpoint(out_dir: Path, weights: dict, config: Any, tokenizer: Any,
