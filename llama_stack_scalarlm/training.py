@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+
+from llama_stack_api import ConflictError
 
 from .config import ScalarLMConfig
 from .errors import InvalidFieldError
@@ -24,7 +27,17 @@ from .trainer.launch import render_sbatch_script
 
 log = logging.getLogger(__name__)
 
+_SLURM_LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING",
+               "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED"}
+_STOP_TIMEOUT_S = 90.0
 _SLURM_FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+class JobStillStoppingError(ConflictError):
+    """409: the job's previous SLURM run has not ended yet."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
 
 
 class TrainingService:
@@ -56,6 +69,8 @@ class TrainingService:
         status = self.status(job.job_id)
         if created or status.state in ("FAILED", "CANCELLED"):
             # New, or stopped before: (re)launch; the trainer resumes from the newest checkpoint.
+            # Never two trainers on one job directory: the previous SLURM job must be gone first.
+            self._wait_gone(status.slurm_job_id)
             self.registry.update_status(job.job_id, state="QUEUED", slurm_job_id=None, error=None)
             self._launch(job.job_id)
         return self.status(job.job_id)
@@ -87,11 +102,13 @@ class TrainingService:
         return [self.status(job_id) for job_id in self.registry.job_ids()]
 
     def cancel(self, job_id: str) -> JobStatus:
+        """Stop the job; returns once its SLURM job has ended (its trainer checkpointed on SIGTERM)."""
         status = self.status(job_id)
         if status.state in TERMINAL_STATES:
             return status
         if status.slurm_job_id is not None:
             self.slurm.cancel(status.slurm_job_id)
+            self._wait_gone(status.slurm_job_id)
         return self.registry.update_status(job_id, state="CANCELLED")
 
     def submit_pending(self) -> int:
@@ -106,6 +123,15 @@ class TrainingService:
                 except SlurmUnavailableError:
                     break
         return sent
+
+    def _wait_gone(self, slurm_job_id: str | None, timeout_s: float = _STOP_TIMEOUT_S) -> None:
+        if slurm_job_id is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self.slurm.state([slurm_job_id]).get(slurm_job_id) in _SLURM_LIVE:
+            if time.monotonic() > deadline:
+                raise JobStillStoppingError(f"SLURM job {slurm_job_id} is still stopping; try again shortly")
+            time.sleep(0.2)
 
     def _launch(self, job_id: str) -> None:
         job_dir = self.registry.dir(job_id)

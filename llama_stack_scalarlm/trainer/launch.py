@@ -1,8 +1,8 @@
 """The sbatch script of a training job: srun starts one torchrun per node, torchrun the trainer ranks.
 
 No torch here: the control plane renders the script. Signals: SLURM sends SIGUSR1 to the batch
-shell 60 s before the time limit (``--signal=B:USR1@60``) and SIGTERM on preemption. The script
-forwards either to srun, srun to the torchrun on each node, torchrun (``--signals-to-handle``) to
+shell 60 s before the time limit (``--signal=B:USR1@60``) and SIGTERM on a cancel or preemption.
+The script forwards either to srun, srun to the torchrun on each node, torchrun (``--signals-to-handle``) to
 the trainer ranks, which checkpoint at the next step boundary and exit with
 :data:`PREEMPTED_EXIT_CODE`, recording state QUEUED / "preempted" in ``status.json``. torchrun
 reports any worker exit as 1, so the script also reads that record before it requeues itself
@@ -66,7 +66,9 @@ PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))
 echo "[scalarlm] $(date -u +%FT%TZ) job $SLURM_JOB_ID restart ${{SLURM_RESTART_COUNT:-0}}: $SLURM_JOB_NODELIST"
 
 SRUN_PID=""
+SIGNAL=""
 forward() {{
+  SIGNAL=$1
   echo "[scalarlm] $(date -u +%FT%TZ) got SIG$1: asking the trainer to checkpoint"
   [ -n "$SRUN_PID" ] && kill -s "$1" "$SRUN_PID" 2>/dev/null
 }}
@@ -81,6 +83,12 @@ while :; do
   kill -0 "$SRUN_PID" 2>/dev/null || break  # wait returned for a trapped signal: keep waiting
 done
 
+# SIGTERM is SLURM ending the job (scancel, or a preemption that SLURM itself requeues): the
+# checkpoint is written, and what happens next is SLURM's call, so a cancel stays cancelled.
+if [ "$SIGNAL" = TERM ]; then
+  echo "[scalarlm] $(date -u +%FT%TZ) stopped by SLURM after checkpointing (trainer exit $rc)"
+  exit 0
+fi
 # Requeue only on a preemption recorded by this run (a stale record must not requeue a broken job forever).
 if [ "$rc" -eq {PREEMPTED_EXIT_CODE} ] || {{ [ {q(str(status))} -nt "$JOB_DIR/.sbatch-started" ] &&
     grep -q '"error": "{PREEMPTED_ERROR}' {q(str(status))}; }}; then

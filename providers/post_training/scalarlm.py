@@ -12,6 +12,7 @@ Choices where the 0.6 API and ScalarLM differ (README, "Training"):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from datetime import UTC, datetime
@@ -106,7 +107,8 @@ class ScalarLMPostTrainingProvider:
         )
 
     async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
-        self.training.cancel(self._job_id(request.job_uuid))
+        # waits for the SLURM job to end: off the event loop
+        await asyncio.to_thread(self.training.cancel, self._job_id(request.job_uuid))
 
     async def get_training_job_artifacts(
         self, request: GetTrainingJobArtifactsRequest
@@ -132,7 +134,7 @@ class ScalarLMPostTrainingProvider:
         if training.data_config is None:
             raise InvalidFieldError("training_config.data_config", "required: it names the dataset")
         sha256 = await self._dataset(training.data_config)
-        status = self.training.submit(model, sha256, hyper)
+        status = await asyncio.to_thread(self.training.submit, model, sha256, hyper)
         self.training.registry.add_alias(alias, status.job_id)
         return PostTrainingJob(job_uuid=status.job_id)
 
