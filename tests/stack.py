@@ -58,6 +58,7 @@ class StackServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        self.stop()  # leave nothing running behind a failed start
         raise TimeoutError(f"server not ready within {timeout_s} s; see {self.state_dir}")
 
     def live_workers(self) -> dict[str, float]:
