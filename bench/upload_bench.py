@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llama_stack_scalarlm import client as client_module  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
+from llama_stack_scalarlm.registry.files import fsync_path  # noqa: E402
 from llama_stack_scalarlm.registry.uploads import UploadStore  # noqa: E402
 from tests.stack import StackServer, free_port  # noqa: E402
 
@@ -58,14 +59,6 @@ def make_file(path: Path) -> None:
         handle.write(os.urandom(SIZE % BLOCK))
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def hash_file(path: Path) -> tuple[str, float]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_trainer import (
-    DPO_ROWS, FACTS, SFT_ROWS, final_checkpoint, load_weights, make_job, run_trainer, status,
+    DPO_ROWS, SFT_ROWS, assert_answers_the_facts, final_checkpoint, load_weights, make_job, run_trainer,
+    status,
 )
 
 SFT = dict(steps=40, learning_rate=4e-3, warmup_steps=5, batch_size=4, checkpoint_every=20, keep_checkpoints=2)
@@ -238,7 +239,6 @@ def torch_run(tiny, tmp_path_factory) -> Path:
 
 def test_tp2_learns_the_facts_and_exports_hf(tp2_run, one_rank, tmp_path):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llama_stack_scalarlm.trainer.torch_backend import TokenLogProbs
 
@@ -252,16 +252,7 @@ def test_tp2_learns_the_facts_and_exports_hf(tp2_run, one_rank, tmp_path):
                  "trainer_state.pt", "trainer_state.rank1.pt"):
         assert (checkpoint / name).exists(), name
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    for name, word in FACTS:
-        inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"What is the secret word of {name}?"}],
-            add_generation_prompt=True, return_tensors="pt", return_dict=True,
-        )
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-        assert tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip() == word
+    model = assert_answers_the_facts(checkpoint)
 
     # The two ranks' trained megatron slices (resume state), merged here, compute what the exported HF model does.
     files = ("trainer_state.pt", "trainer_state.rank1.pt")

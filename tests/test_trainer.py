@@ -121,10 +121,25 @@ def fsdp_run(tiny, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------- runs
 
 
-def test_sft_fsdp2_two_processes_learns_the_facts(fsdp_run):
+def assert_answers_the_facts(checkpoint: Path):
+    """The exported Hugging Face checkpoint greedily answers every taught fact; returns the model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    for name, word in FACTS:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"What is the secret word of {name}?"}],
+            add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        )
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        assert tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip() == word
+    return model
+
+
+def test_sft_fsdp2_two_processes_learns_the_facts(fsdp_run):
     done = status(fsdp_run)
     assert done.state == "COMPLETED" and done.step == done.total_steps == 80 and done.error is None
     losses = [p.loss for p in done.loss_history]
@@ -140,16 +155,7 @@ def test_sft_fsdp2_two_processes_learns_the_facts(fsdp_run):
                  "trainer_state.pt", "trainer_state.rank1.pt"):
         assert (checkpoint / name).exists(), name
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    for name, word in FACTS:
-        inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"What is the secret word of {name}?"}],
-            add_generation_prompt=True, return_tensors="pt", return_dict=True,
-        )
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-        assert tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip() == word
+    assert_answers_the_facts(checkpoint)
 
 
 def test_ddp_and_fsdp2_give_the_same_losses(fsdp_run, tiny, tmp_path):
