@@ -19,6 +19,7 @@ from .slurm import QueueEntry
 
 _BATCH = 5_000
 _CHUNK = 8 << 20
+_LONG_POLL_S = 10.0
 _TRAINING = "/v1alpha/post-training"
 
 
@@ -35,11 +36,13 @@ class ScalarLMClient:
             ids.extend(BulkGenerateResponse.model_validate(response).request_ids)
         return ids
 
-    def poll(self, ids: Sequence[int]) -> dict[int, GenerationResult]:
-        """Results finished since the last poll (each is handed over once)."""
+    def poll(self, ids: Sequence[int], wait_s: float = 0.0) -> dict[int, GenerationResult]:
+        """Results finished since the last poll (each is handed over once). ``wait_s`` makes it a long
+        poll on the oldest ids (the queue serves them first): it returns once some have finished."""
         done = {}
         for start in range(0, len(ids), _BATCH):
-            response = self._post("/v1/scalarlm/generate/results", {"request_ids": list(ids[start : start + _BATCH])})
+            body = {"request_ids": list(ids[start : start + _BATCH]), "wait_s": wait_s if start == 0 else 0.0}
+            response = self._post("/v1/scalarlm/generate/results", body)
             for status in BulkResultsResponse.model_validate(response).results:
                 if status.result is not None:
                     done[status.id] = status.result
@@ -50,18 +53,15 @@ class ScalarLMClient:
         model: str,
         prompts: Sequence[str | list[dict]],
         progress: Callable[[int, int], None] | None = None,
-        poll_s: float = 0.2,
         **sampling,
     ) -> list[GenerationResult]:
-        """Submit in bulk, poll until every result is in; results in prompt order."""
+        """Submit in bulk, long-poll until every result is in; results in prompt order."""
         ids = self.submit(model, prompts, **sampling)
         results: dict[int, GenerationResult] = {}
         while len(results) < len(ids):
-            results.update(self.poll([i for i in ids if i not in results]))
+            results.update(self.poll([i for i in ids if i not in results], wait_s=_LONG_POLL_S))
             if progress:
                 progress(len(results), len(ids))
-            if len(results) < len(ids):
-                time.sleep(poll_s)
         return [results[i] for i in ids]
 
     def queue_stats(self) -> QueueStats:

@@ -23,6 +23,9 @@ class EngineSettings(BaseModel):
     kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE), whole GiB")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="fraction of GPU memory vLLM may use")
     max_num_seqs: int = Field(64, ge=1, description="sequences one engine runs at once: the capacity a worker leases")
+    lease_ahead: int = Field(
+        64, ge=0, description="requests a worker holds beyond max_num_seqs, waiting in vLLM for the next free slot"
+    )
     enforce_eager: bool = Field(True, description="skip torch.compile (on CPU compile costs ~90 s per start)")
     dtype: str = Field("auto", description="weights dtype passed to vLLM")
     device: str = Field("auto", description="'cpu', 'cuda' or 'auto' (cuda when torch sees a GPU)")

@@ -32,6 +32,17 @@ def test_ids_come_back_before_results(server, tiny_model):
     assert client.poll(ids) == {}, "a result is handed over once"
 
 
+def test_long_poll_answers_when_a_result_is_in(server, tiny_model):
+    client = ScalarLMClient(server.url)
+    ids = client.submit(tiny_model, ["x y z"] * 3, max_tokens=4)
+    first = client.poll(ids, wait_s=60)  # held on the server until something finished, not empty
+    assert first and set(first) <= set(ids)
+    rest = [i for i in ids if i not in first]
+    while rest:
+        rest = [i for i in rest if i not in client.poll(rest, wait_s=60)]
+    assert client.poll(ids, wait_s=60) == {}  # handed over already: answered at once, nothing twice
+
+
 def test_chat_prompts_in_bulk(server, tiny_model):
     client = ScalarLMClient(server.url)
     (result,) = client.generate(tiny_model, [[{"role": "user", "content": "hi"}]], max_tokens=3)

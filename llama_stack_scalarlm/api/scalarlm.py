@@ -44,6 +44,7 @@ class BulkGenerateResponse(BaseModel):
 
 class BulkResultsRequest(BaseModel):
     request_ids: list[int] = Field(..., min_length=1, max_length=100_000)
+    wait_s: float = Field(0.0, ge=0, le=60, description="long poll: answer once any of them has finished, or after this long")
 
 
 class BulkResultsResponse(BaseModel):

@@ -1,8 +1,9 @@
 """Engine worker entrypoint: ``python -m llama_stack_scalarlm.engine.worker --server-url URL``.
 
-A thin loop over the engine core: lease as many requests as there is free capacity, run them
-concurrently in vLLM (continuous batching stays full, never overfilled), and report deltas and
-results in batches. A result is dropped from the outbox only once the server has stored it; if
+A thin loop over the engine core: lease as many requests as there is free capacity (plus
+``lease_ahead`` waiting in vLLM, so the next step never waits for a lease round trip), run them
+concurrently in vLLM (its running batch stays full and never exceeds ``max_num_seqs``), and report
+deltas and results in batches. A result is dropped from the outbox only once the server has stored it; if
 this process dies, its leases expire and go to another worker.
 """
 
@@ -59,7 +60,7 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         while self._parent_alive():
-            free = self.core.capacity - len(self.running)
+            free = self.core.capacity + self.config.engine.lease_ahead - len(self.running)
             if free <= 0:
                 await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
                 continue

@@ -25,6 +25,7 @@ class QueueService:
         self._waiters: dict[int, asyncio.Future] = {}
         self._streams: dict[int, asyncio.Queue] = {}
         self._work_event: asyncio.Event | None = None
+        self._finished = asyncio.Event()  # set, then replaced, whenever results are stored
         self._workers_seen: dict[str, float] = {}
         self._last_maintenance = 0.0
 
@@ -82,9 +83,20 @@ class QueueService:
         finally:
             self._streams.pop(request_id, None)
 
-    def results(self, ids: Sequence[int]) -> list[RequestStatus]:
-        """Bulk polling: finished results are handed over once, then deleted."""
-        return self.store.status(ids, consume=True)
+    async def results(self, ids: Sequence[int], wait_s: float = 0.0) -> list[RequestStatus]:
+        """Bulk polling: finished results are handed over once, then deleted. With ``wait_s`` it is a
+        long poll: it answers as soon as any of ``ids`` has finished (or is unknown), else at the deadline."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            arrived = self._finished  # before reading: a report after this point wakes us
+            statuses = self.store.status(ids, consume=True)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or any(s.result is not None or s.state == "unknown" for s in statuses):
+                return statuses
+            try:
+                await asyncio.wait_for(arrived.wait(), min(_POLL_S, remaining))
+            except TimeoutError:
+                pass
 
     def stats(self) -> QueueStats:
         stats = self.store.stats()
@@ -125,6 +137,9 @@ class QueueService:
                     channel.put_nowait(delta)
         finals = [(e.id, e.result) for e in events if e.result is not None]
         self.store.complete(finals)
+        if finals:
+            self._finished.set()
+            self._finished = asyncio.Event()
         for request_id, result in finals:
             if (channel := self._streams.get(request_id)) is not None:
                 channel.put_nowait(result)

@@ -49,7 +49,7 @@ class ScalarLMBulkProvider:
         return BulkGenerateResponse(request_ids=self.runtime.submit(requests))
 
     async def results(self, request: BulkResultsRequest) -> BulkResultsResponse:
-        return BulkResultsResponse(results=self.runtime.queue.results(request.request_ids))
+        return BulkResultsResponse(results=await self.runtime.queue.results(request.request_ids, request.wait_s))
 
     async def queue_stats(self) -> QueueStats:
         return self.runtime.queue.stats()
