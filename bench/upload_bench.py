@@ -1,24 +1,22 @@
 """Dataset upload on loopback: a 1 GiB file through ``ScalarLMClient.upload`` into a real server.
 
-Upload: ``llama stack run`` started as the tests start it (no engine workers), the client hashes the
-file, opens an upload session, sends chunked PUTs of 8 MiB; the server appends each chunk to the
-partial file while hashing it and saves the session (an fsynced JSON) after each PUT, and the final
-call checks the hash and moves the file to ``blobs/<sha256>``. Timed from the call to its return.
-Then the same file is uploaded again: the client hashes it, the server answers that the content is
-stored, and nothing is sent.
+Upload: ``llama stack run`` started as the tests start it (no engine workers); the client opens an
+upload session and streams the file in one PUT; the server appends each 8 MiB block in one thread
+and hashes it in another while the next block arrives, and the final call moves the file to ``blobs/<sha256>``. Timed
+from the call to its return. Then the same file is uploaded again: the client knows its hash from
+the first upload (its cache, keyed by path, size, mtime and inode), the server answers that the
+content is stored, and nothing is sent.
 
 Baselines measured in the same run on the same file (same disk, page cache warm, like the upload):
 (a) sha256 of the file in this process (hashlib, 8 MiB reads), (b) ``shutil.copyfile``. Neither
 the copy nor the upload fsyncs the data itself (it is synced after each, outside the timings). The
-upload has to read and hash and write, so min(a, b) is the ceiling a single-pass upload could reach.
+upload has to read, hash and write, so min(a, b) is the ceiling a single-pass upload could reach.
 
-Then a profile of where the upload's time goes, each part measured on its own:
-client hashing (the client's own ``_sha256``), the send phase (the same upload with the hash
-already known), CPU seconds of the server and of the client during the upload, the server's
-storage path without HTTP (``UploadStore.append`` in-process, the chunk sizes the server gets),
-with and without the per-PUT fsync of the session file, those session saves alone, and HTTP alone
-(the same PUTs to a bare uvicorn app that reads and discards the body). The machine is shared: CPU
-seconds are printed next to wall times, as they move less with other processes' load.
+Then where the upload's time goes, each part measured on its own: CPU seconds of the server and of
+the client during the upload, the server's storage path without HTTP (``UploadStore.append``
+in-process, fed the part sizes the ASGI server hands over), and HTTP alone (the same streamed PUT
+to a bare uvicorn app that reads and discards the body). The machine is shared: CPU seconds are
+printed next to wall times, as they move less with other processes' load.
 
 Usage: python bench/upload_bench.py [size_mib]   (default 1024)
 """
@@ -102,20 +100,17 @@ def timed_upload(client: ScalarLMClient, path: Path, server: psutil.Process) -> 
 
 
 async def store_alone(store: UploadStore, path: Path, piece: int) -> tuple[float, float]:
-    """(wall s, CPU s) of the server's storage path without HTTP: begin, one append per 8 MiB PUT
-    (fed ``piece``-byte parts, as the ASGI server hands over the body), finish."""
+    """(wall s, CPU s) of the server's storage path without HTTP: begin, one append fed ``piece``-byte
+    parts (as the ASGI server hands over a streamed body), finish."""
     start, cpu = time.perf_counter(), time.process_time()
     session = store.begin(SIZE)
-    with open(path, "rb") as handle:
-        while session.offset < SIZE:
-            chunk = handle.read(client_module._CHUNK)
 
-            async def parts(data: bytes = chunk):
-                view = memoryview(data)
-                for i in range(0, len(view), piece):
-                    yield bytes(view[i : i + piece])
+    async def parts():
+        with open(path, "rb") as handle:
+            while part := handle.read(piece):
+                yield part
 
-            session = await store.append(session.upload_id, session.offset, parts())
+    await store.append(session.upload_id, 0, parts())
     done = store.finish(session.upload_id)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     fsync_path(store.blob(done.sha256))
@@ -147,8 +142,8 @@ DISCARD_APP = textwrap.dedent('''
 
 
 def http_alone(path: Path, root: Path) -> tuple[float, float, float, dict]:
-    """The client's PUTs (8 MiB, httpx) to a bare uvicorn app (default loop/http, as `llama stack run`)
-    that reads each body and discards it."""
+    """The client's streamed PUT (httpx, 8 MiB reads) to a bare uvicorn app (default loop/http, as
+    `llama stack run`) that reads the body and discards it."""
     (root / "discard_app.py").write_text(DISCARD_APP)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "discard_app:app", "--port", str(port),
@@ -162,14 +157,10 @@ def http_alone(path: Path, root: Path) -> tuple[float, float, float, dict]:
             except httpx.HTTPError:
                 time.sleep(0.1)
         server = psutil.Process(proc.pid)
-        with httpx.Client(base_url=url, timeout=120) as http:
+        with httpx.Client(base_url=url, timeout=120) as http, open(path, "rb") as handle:
             server_cpu, own_cpu = cpu_s(server), time.process_time()
             start = time.perf_counter()
-            with open(path, "rb") as handle:
-                offset = 0
-                while chunk := handle.read(client_module._CHUNK):
-                    http.put("/upload", params={"offset": offset}, content=chunk).raise_for_status()
-                    offset += len(chunk)
+            http.put("/upload", content=client_module._read_from(handle, 0, SIZE, None)).raise_for_status()
             elapsed = time.perf_counter() - start
             server_cpu, own_cpu = cpu_s(server) - server_cpu, time.process_time() - own_cpu
             stats = http.get("/").json()
@@ -187,9 +178,9 @@ def main() -> None:
     # the next journal commit (the server's next fsync) pay for it. Each written file is fsynced outside
     # the timings, so no measurement pays for an earlier one's writeback.
     load = [os.getloadavg()[0]]
-    piece = 256 << 10  # the body parts uvicorn hands the server (see "HTTP alone": ~33 per 8 MiB PUT)
     with tempfile.TemporaryDirectory(prefix="upload-bench-") as tmp:
         root = Path(tmp)
+        os.environ["XDG_CACHE_HOME"] = str(root / "cache")  # the client's upload cache starts empty
         path = root / "data.bin"
         make_file(path)
         expected, _ = hash_file(path)  # also warms the page cache, as for everything below
@@ -210,26 +201,12 @@ def main() -> None:
             again_digest, again_s, again_server_cpu, again_client_cpu = timed_upload(client, path, proc)
             assert again_digest == expected
             load.append(os.getloadavg()[0])
-
-            # profile: client hashing alone; the send phase alone (hash known; the blob moved aside, not
-            # deleted, so the content is new to the server again)
-            start, cpu = time.perf_counter(), time.process_time()
-            client_module._sha256(path)
-            client_hash_s, client_hash_cpu = time.perf_counter() - start, time.process_time() - cpu
-            os.replace(blob, root / "first-blob.bin")
-            real_sha256 = client_module._sha256
-            client_module._sha256 = lambda _path: expected
-            try:
-                _, send_s, send_server_cpu, send_client_cpu = timed_upload(client, path, proc)
-            finally:
-                client_module._sha256 = real_sha256
-            fsync_path(blob)
         finally:
             server.stop()
         load.append(os.getloadavg()[0])
 
+        piece = 64 << 10
         store_s, store_cpu = asyncio.run(store_alone(UploadStore(root / "direct-1", SIZE), path, piece))
-        puts = -(-SIZE // client_module._CHUNK)
         http_s, http_server_cpu, http_client_cpu, http_stats = http_alone(path, root)
         load.append(os.getloadavg()[0])
 
@@ -241,27 +218,22 @@ def main() -> None:
     ceiling = min(SIZE / hash_s, SIZE / copy_s) / MB
     print(f"upload of {gib:g} GiB of random bytes on loopback, 2 cores; load avg (1 min) through the run: "
           + " / ".join(f"{v:.2f}" for v in load))
-    print(f"  upload (client hash, then {puts} PUTs of 8 MiB; server hashes+writes in a thread, fsyncs the blob):")
+    print("  upload (one streamed PUT; the server writes and hashes each 8 MiB block in two threads as the next arrives):")
     print(f"                                   {rate(upload_s)}   (goal >= 500 MB/s); CPU s: server "
           f"{server_cpu:.2f}, client {client_cpu:.2f}")
-    print(f"  repeated upload, same bytes      {again_s:5.2f} s (client hashes, nothing is sent); CPU s: server "
-          f"{again_server_cpu:.2f}, client {again_client_cpu:.2f}")
+    print(f"  repeated upload, same file       {again_s:5.3f} s (hash known from the first upload, nothing is sent); "
+          f"CPU s: server {again_server_cpu:.2f}, client {again_client_cpu:.2f}")
     print(f"  baseline (a) sha256 in-process   {rate(hash_s)}  (hashlib, 8 MiB reads)")
     print(f"  baseline (b) shutil.copyfile     {rate(copy_s)}")
     print(f"  ratio upload / min(a, b)         {SIZE / upload_s / MB:.0f} / {ceiling:.0f} = "
           f"{SIZE / upload_s / MB / ceiling:.3f}")
     print(f"  (not in any figure: an extra fsync of the stored blob afterwards took {blob_fsync_s:.2f} s)")
     print("profile (each part on its own, same run):")
-    print(f"  client hashing (client._sha256)  {rate(client_hash_s)}; CPU {client_hash_cpu:.2f} s")
-    print("  send phase (hash known: begin + PUTs + complete)")
-    print(f"                                   {rate(send_s)}; CPU s: server {send_server_cpu:.2f}, "
-          f"client {send_client_cpu:.2f}")
     print(f"  server storage, no HTTP (UploadStore.append, {piece >> 10} KiB parts, in-process)")
     print(f"                                   {rate(store_s)}; CPU {store_cpu:.2f} s")
-    print("  HTTP alone (same PUTs, httpx -> bare uvicorn app that discards the body)")
+    print("  HTTP alone (the same streamed PUT, httpx -> bare uvicorn app that discards the body)")
     print(f"                                   {rate(http_s)}; CPU s: server {http_server_cpu:.2f}, client "
-          f"{http_client_cpu:.2f}; {http_stats['parts'] / max(http_stats['puts'], 1):.0f} body parts per PUT "
-          f"(largest {http_stats['max_part'] >> 10} KiB)")
+          f"{http_client_cpu:.2f}; {http_stats['parts']} body parts (largest {http_stats['max_part'] >> 10} KiB)")
 
 
 if __name__ == "__main__":

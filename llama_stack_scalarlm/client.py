@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import httpx
-
-import hashlib
-import uuid
-from pathlib import Path
 
 from .api.scalarlm import BulkGenerateRequest, BulkGenerateResponse, BulkResultsResponse, LogChunk
 from .queue.schema import GenerationResult, QueueStats
@@ -18,7 +18,8 @@ from .registry.uploads import UploadSession
 from .slurm import QueueEntry
 
 _BATCH = 5_000
-_CHUNK = 8 << 20
+_CHUNK = 8 << 20  # bytes read and sent at a time (and the progress bar's step)
+_RETRIES = 3
 _LONG_POLL_S = 10.0
 _TRAINING = "/v1alpha/post-training"
 
@@ -72,27 +73,48 @@ class ScalarLMClient:
     # -- training -----------------------------------------------------------------------------
 
     def upload(self, path: Path, progress: Callable[[int, int], None] | None = None) -> str:
-        """Upload a dataset in chunks (resuming a broken upload); identical content is not sent again.
-        Returns the content's sha256."""
-        size = path.stat().st_size
-        digest = _sha256(path)
-        session = UploadSession.model_validate(self._post("/v1/scalarlm/uploads", {"size": size, "sha256": digest}))
-        with open(path, "rb") as handle:
-            while not session.complete and session.offset < size:
-                handle.seek(session.offset)
-                chunk = handle.read(_CHUNK)
-                response = self._http.put(f"/v1/scalarlm/uploads/{session.upload_id}",
-                                          params={"offset": session.offset}, content=chunk)
+        """Upload a dataset; returns the content's sha256. The file goes in one streamed PUT that the
+        server hashes as it writes. A broken transfer resumes where the server's bytes end (in this
+        call, or the next one for the same file), and a file uploaded before (same path, size, mtime
+        and inode) is not sent again."""
+        path = Path(path).resolve()
+        stat = path.stat()
+        cache = _UploadCache()
+        session = self._resume_or_begin(cache.get(path, stat), stat.st_size)
+        if not session.complete:
+            cache.put(path, stat, upload_id=session.upload_id)
+        for attempt in range(_RETRIES + 1):
+            if session.complete or session.offset == stat.st_size:
+                break
+            try:
+                with open(path, "rb") as handle:
+                    response = self._http.put(f"/v1/scalarlm/uploads/{session.upload_id}",
+                                              params={"offset": session.offset},
+                                              content=_read_from(handle, session.offset, stat.st_size, progress))
                 _raise(response)
                 session = UploadSession.model_validate(response.json())
-                if progress:
-                    progress(session.offset, size)
+            except httpx.TransportError:
+                if attempt == _RETRIES:
+                    raise
+                response = self._http.get(f"/v1/scalarlm/uploads/{session.upload_id}")
+                _raise(response)
+                session = UploadSession.model_validate(response.json())
         if not session.complete:
-            session = UploadSession.model_validate(
-                self._post(f"/v1/scalarlm/uploads/{session.upload_id}/complete", {}))
+            session = UploadSession.model_validate(self._post(f"/v1/scalarlm/uploads/{session.upload_id}/complete", {}))
+        if _version(path.stat()) == _version(stat):  # unchanged while it was sent: the hash belongs to this version
+            cache.put(path, stat, sha256=session.sha256)
         if progress:
-            progress(size, size)
+            progress(stat.st_size, stat.st_size)
         return session.sha256
+
+    def _resume_or_begin(self, known: dict, size: int) -> UploadSession:
+        if "upload_id" in known:
+            response = self._http.get(f"/v1/scalarlm/uploads/{known['upload_id']}")
+            if response.status_code != 404:  # gone (finished or removed): start again
+                _raise(response)
+                return UploadSession.model_validate(response.json())
+        body = {"size": size, "sha256": known.get("sha256")}
+        return UploadSession.model_validate(self._post("/v1/scalarlm/uploads", body))
 
     def train(self, model: str, dataset_sha256: str, steps: int, learning_rate: float = 1e-3,
               batch_size: int = 8, lora: bool = False, lora_rank: int = 8, method: str = "sft",
@@ -165,9 +187,41 @@ def _raise(response: httpx.Response) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
+def _read_from(handle, offset: int, size: int, progress: Callable[[int, int], None] | None) -> Iterator[bytes]:
+    handle.seek(offset)
+    while block := handle.read(_CHUNK):
+        offset += len(block)
+        yield block
+        if progress:
+            progress(offset, size)
+
+
+class _UploadCache:
+    """What this user's uploads of a file left (its sha256 once stored, or the unfinished upload's
+    id), keyed by path and valid for one size, mtime and inode: the same file again sends nothing
+    and costs no hashing, and an upload cut off resumes."""
+
+    def __init__(self):
+        self.path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scalarlm" / "uploads.json"
+
+    def get(self, path: Path, stat: os.stat_result) -> dict:
+        entry = self._read().get(str(path)) or {}
+        return entry if entry.get("version") == _version(stat) else {}
+
+    def put(self, path: Path, stat: os.stat_result, **fields: str) -> None:
+        entries = {name: entry for name, entry in self._read().items() if os.path.exists(name)}
+        entries[str(path)] = {"version": _version(stat), **fields}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, self.path)
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+
+def _version(stat: os.stat_result) -> list[int]:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]

@@ -38,7 +38,8 @@ class ServerRuntime:
         )
         self.supervisor = None
         self.jobs = JobRegistry(config.jobs_dir)
-        self._trained: tuple[float, dict[str, tuple[float, str]]] = (0.0, {})
+        self._trained: tuple[float, dict[str, tuple[float, str]], list[str]] = (0.0, {}, [])
+        self._full: dict[str, bool] = {}  # job id -> is a full fine-tune (job configs never change)
         self._stop = threading.Event()
 
     @classmethod
@@ -73,17 +74,31 @@ class ServerRuntime:
 
     def trained_models(self) -> dict[str, tuple[float, str]]:
         """Jobs with a complete checkpoint: job id -> (time of the newest, kind). Cached for a second."""
-        stamp, models = self._trained
-        if time.monotonic() - stamp > _MODELS_TTL_S:
-            models = {}
-            for job_id in self.jobs.job_ids():
-                if (latest := self.jobs.latest_checkpoint(job_id)) is not None:
-                    models[job_id] = (Path(latest.path).stat().st_mtime, latest.kind)
-            self._trained = (time.monotonic(), models)
-        return models
+        return self._scan_jobs()[0]
 
     def full_finetunes(self) -> list[str]:
-        return [job for job, (_, kind) in self.trained_models().items() if kind == "full"]
+        """Full fine-tunes that get an engine worker of their own: those with a checkpoint, and those
+        still queued or training. The latter's engine stands by on the base weights, so the first
+        checkpoint is served by a weight reload in seconds rather than by starting an engine."""
+        trained, standby = self._scan_jobs()
+        return [job for job, (_, kind) in trained.items() if kind == "full"] + standby
+
+    def _scan_jobs(self) -> tuple[dict[str, tuple[float, str]], list[str]]:
+        stamp, trained, standby = self._trained
+        if time.monotonic() - stamp > _MODELS_TTL_S:
+            trained, standby = {}, []
+            for job_id in self.jobs.job_ids():
+                if (latest := self.jobs.latest_checkpoint(job_id)) is not None:
+                    trained[job_id] = (Path(latest.path).stat().st_mtime, latest.kind)
+                elif self._is_full(job_id) and self.jobs.status(job_id).state in ("QUEUED", "TRAINING"):
+                    standby.append(job_id)
+            self._trained = (time.monotonic(), trained, standby)
+        return trained, standby
+
+    def _is_full(self, job_id: str) -> bool:
+        if job_id not in self._full:
+            self._full[job_id] = self.jobs.job(job_id).hyperparameters.lora is None
+        return self._full[job_id]
 
     def served_models(self) -> list[str]:
         return [*self.config.models, *self.trained_models()]

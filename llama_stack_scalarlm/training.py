@@ -7,9 +7,11 @@ and the job is submitted by :meth:`submit_pending` once SLURM is back.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+from types import SimpleNamespace
 
 from llama_stack_api import ConflictError
 
@@ -24,6 +26,7 @@ from .registry.uploads import UploadStore
 from .slurm import Slurm, SlurmUnavailableError
 from .trainer import TRAINER_VERSION
 from .trainer.launch import render_sbatch_script
+from .trainer.megatron_fit import megatron_problems
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class TrainingService:
         if not self.uploads.has(dataset_sha256):
             raise InvalidFieldError("dataset_id", f"no dataset with sha256 {dataset_sha256}")
         validate_jsonl(self.uploads.blob(dataset_sha256), hyperparameters.method)
+        self._check_backend(base_model, hyperparameters)
         self._check_resources(hyperparameters)
         job = TrainingJob(
             job_id=job_id_for(dataset_sha256, TRAINER_VERSION, base_model, hyperparameters),
@@ -140,6 +144,17 @@ class TrainingService:
         slurm_id = self.slurm.sbatch(script, workdir=job_dir, env=self.config.to_env())  # the script's #SBATCH lines decide
         self.registry.update_status(job_id, slurm_job_id=slurm_id)
         log.info("job %s submitted to SLURM as %s", job_id, slurm_id)
+
+    def _check_backend(self, base_model: str, hp: Hyperparameters) -> None:
+        """A model megatron cannot split is refused now, not when the trainer starts. (A built-in
+        model not built yet has no config here; the trainer checks it.)"""
+        config = self.models.path(base_model) / "config.json"
+        if hp.backend != "megatron" or not config.exists():
+            return
+        problems = megatron_problems(SimpleNamespace(**json.loads(config.read_text())), hp.tensor_parallel, hp.max_seq_len)
+        if problems:
+            message = "; ".join(problem for _, problem in problems)
+            raise InvalidFieldError(problems[0][0], f"the megatron backend cannot train {base_model}: {message}")
 
     def _check_resources(self, hp: Hyperparameters) -> None:
         try:

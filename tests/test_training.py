@@ -139,6 +139,10 @@ def test_full_finetune_gets_a_worker_of_its_own(stack, client, facts_sha):
     ({"hyperparam_search_config": {"gpus_per_node": 8, "processes_per_node": 8}}, "gpus_per_node"),
     ({"hyperparam_search_config": {"processes_per_node": 64}}, "processes_per_node"),
     ({"hyperparam_search_config": {"no_such_knob": 1}}, "no_such_knob"),
+    ({"hyperparam_search_config": {"backend": "megatron", "tensor_parallel": 4, "processes_per_node": 4}},
+     "num_attention_heads=2 is not divisible by tensor_parallel=4"),
+    ({"hyperparam_search_config": {"backend": "megatron", "tensor_parallel": 2, "processes_per_node": 3}},
+     "tensor_parallel"),
     ({"job_uuid": "../escape"}, "job_uuid"),
 ])
 def test_bad_training_input_is_a_400_and_submits_nothing(stack, client, facts_sha, change, field):

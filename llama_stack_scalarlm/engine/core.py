@@ -39,7 +39,10 @@ def _has_gpu() -> bool:
 
 
 class EngineCore:
-    def __init__(self, config: ScalarLMConfig, model_name: str, model_path: Path, serve_adapters: bool = True):
+    def __init__(self, config: ScalarLMConfig, model_name: str, model_path: Path, serve_adapters: bool = True,
+                 standby: bool = False):
+        """A ``standby`` engine (a full fine-tune's, before its first checkpoint) holds the base weights
+        at ``model_path`` and serves nothing until ``reload_weights`` brings the job's weights."""
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -50,6 +53,7 @@ class EngineCore:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.defaults = _generation_defaults(model_path)
         self.adapters: dict = {}  # job id -> LoRARequest
+        self.standby = standby
         self.max_adapters = config.engine.max_loras if serve_adapters else 0
         lora = {}
         if self.max_adapters:
@@ -76,7 +80,7 @@ class EngineCore:
         return self.config.engine.max_num_seqs
 
     def served_models(self) -> list[str]:
-        return [self.model_name, *self.adapters]
+        return [] if self.standby else [self.model_name, *self.adapters]
 
     async def sync_adapters(self, newest: dict) -> None:
         """Serve each job's newest LoRA checkpoint under the job's id; a new version replaces the old in place."""
@@ -104,6 +108,7 @@ class EngineCore:
         finally:
             await self.engine.resume_generation()
         self.model_path = path
+        self.standby = False
         log.info("%s now serves weights from %s", self.model_name, path)
 
     def shutdown(self) -> None:

@@ -34,7 +34,7 @@ class WorkerSupervisor:
     def __init__(self, config: ScalarLMConfig, store: RequestStore, trained_models: Callable[[], list[str]]):
         self.config = config
         self.store = store
-        self.trained_models = trained_models  # full fine-tunes: each gets a worker of its own
+        self.trained_models = trained_models  # full fine-tunes: each gets a worker of its own while wanted
         self._stop = threading.Event()
         self._procs: dict[str, tuple[subprocess.Popen, str]] = {}
         self._thread = threading.Thread(target=self._run, name="scalarlm-workers", daemon=True)
@@ -44,14 +44,7 @@ class WorkerSupervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        for proc, _ in self._procs.values():
-            proc.terminate()
-        for proc, _ in self._procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(proc.pid)
+        _stop_all([proc for proc, _ in self._procs.values()])
 
     def _run(self) -> None:
         url = self.config.server_url or self._discover_own_url()
@@ -63,6 +56,11 @@ class WorkerSupervisor:
             models = self.config.models
             wanted = {f"w{i}": models[i % len(models)] for i in range(self.config.workers)}
             wanted |= {job: job for job in self.trained_models()}
+            for slot in [slot for slot in self._procs if slot not in wanted]:  # e.g. a job that failed
+                proc, worker_id = self._procs.pop(slot)
+                log.info("worker %s is no longer wanted; stopping it", worker_id)
+                _stop_all([proc])
+                self.store.release_worker(worker_id)
             for slot, model in wanted.items():
                 entry = self._procs.get(slot)
                 if entry is not None and entry[0].poll() is None:
@@ -97,6 +95,18 @@ class WorkerSupervisor:
                 return f"http://127.0.0.1:{ports[0]}"
             self._stop.wait(0.2)
         return None
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM (the worker shuts its engine down), then the whole process group is killed."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_group(proc.pid)
 
 
 def _kill_group(pgid: int) -> None:

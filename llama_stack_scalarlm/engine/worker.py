@@ -64,10 +64,11 @@ class Worker:
             if free <= 0:
                 await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if not (models := self.core.served_models()):  # standing by for a first checkpoint
+                await asyncio.sleep(_BUSY_WAIT_S)
+                continue
             try:
-                items = await self.gateway.lease(
-                    self.core.served_models(), free, _BUSY_WAIT_S if self.running else _IDLE_WAIT_S
-                )
+                items = await self.gateway.lease(models, free, _BUSY_WAIT_S if self.running else _IDLE_WAIT_S)
             except Exception as exc:  # server restarting: keep what runs, try again
                 log.warning("lease failed: %s", exc)
                 await asyncio.sleep(_RETRY_S)
@@ -144,10 +145,13 @@ async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker
 
     configure_vllm_environment(config)
     if model.startswith(JOB_PREFIX):  # a full fine-tune: its newest checkpoint, reloaded as new ones land
-        latest = JobRegistry(config.jobs_dir).latest_checkpoint(model)
-        if latest is None:
-            sys.exit(f"worker: job {model} has no checkpoint yet")
-        core = EngineCore(config, model, Path(latest.path), serve_adapters=False)
+        registry = JobRegistry(config.jobs_dir)
+        latest = registry.latest_checkpoint(model)
+        if latest is None:  # stand by on the base weights until the first checkpoint lands
+            path, standby = Path(registry.job(model).base_model_path), True
+        else:
+            path, standby = Path(latest.path), False
+        core = EngineCore(config, model, path, serve_adapters=False, standby=standby)
     else:
         core = EngineCore(config, model, ensure_model(ModelStore(config.models_dir), model))
     gateway = WorkerGateway(server_url, worker_id)

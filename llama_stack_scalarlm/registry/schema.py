@@ -61,6 +61,8 @@ class Hyperparameters(BaseModel):
             raise ValueError("processes_per_node: must equal gpus_per_node on GPUs")
         if self.backend == "megatron" and self.lora is not None:
             raise ValueError("lora: the megatron backend trains full weights only")
+        if self.backend == "megatron" and (self.nodes * self.processes_per_node) % self.tensor_parallel:
+            raise ValueError("tensor_parallel: must divide nodes × processes_per_node")
         return self
 
 

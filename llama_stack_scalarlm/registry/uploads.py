@@ -22,7 +22,7 @@ from ..paths import safe_join
 from .files import fsync_path, read_model, write_model
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_BLOCK = 4 << 20  # bytes hashed and written per hand-off to a thread
+_BLOCK = 8 << 20  # bytes hashed and written per hand-off to a thread
 
 
 class UploadConflictError(ConflictError):
@@ -81,31 +81,46 @@ class UploadStore:
 
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
         """Append bytes at ``offset`` (which must be where the upload stands: resume from there).
-        Hashing and writing run in a thread, a few MiB at a time, while the next bytes arrive."""
+        Each block of a few MiB is written by one thread and hashed by another while the next block
+        arrives; a block is on disk and in the hash before the next one starts, so the two agree."""
         session = self.session(upload_id)
         if offset != session.offset:
             raise UploadConflictError(f"offset: {offset} given, the upload stands at {session.offset}")
         hasher = self._hasher(session)
         with open(self._partial(upload_id), "ab") as handle:
-            def store(block: bytes) -> None:
-                handle.write(block)
-                handle.flush()  # on disk (the offset) and in the hash together
-                hasher.update(block)
+            def write(parts: list[bytes]) -> None:
+                for part in parts:
+                    handle.write(part)
+                handle.flush()
 
+            def update(parts: list[bytes]) -> None:
+                for part in parts:
+                    hasher.update(part)
+
+            storing: asyncio.Future | None = None  # the block in the threads; one at a time keeps them in order
             pending: list[bytes] = []
             buffered = 0
-            async for chunk in chunks:
-                if session.offset + buffered + len(chunk) > session.size:
-                    raise InvalidFieldError("size", f"more bytes than the declared {session.size}")
-                pending.append(chunk)
-                buffered += len(chunk)
-                if buffered >= _BLOCK:
-                    await asyncio.to_thread(store, b"".join(pending))
-                    session.offset += buffered
-                    pending, buffered = [], 0
-            if pending:
-                await asyncio.to_thread(store, b"".join(pending))
-                session.offset += buffered
+
+            async def hand_off() -> None:
+                nonlocal storing, pending, buffered
+                block, pending, session.offset, buffered = pending, [], session.offset + buffered, 0
+                if storing is not None:
+                    await storing
+                storing = asyncio.gather(asyncio.to_thread(write, block), asyncio.to_thread(update, block))
+
+            try:
+                async for chunk in chunks:
+                    if session.offset + buffered + len(chunk) > session.size:
+                        raise InvalidFieldError("size", f"more bytes than the declared {session.size}")
+                    pending.append(chunk)
+                    buffered += len(chunk)
+                    if buffered >= _BLOCK:
+                        await hand_off()
+            finally:  # also when the client went away midway: every byte received lands, in order
+                if pending:
+                    await hand_off()
+                if storing is not None:
+                    await storing
         return session
 
     def finish(self, upload_id: str) -> UploadSession:

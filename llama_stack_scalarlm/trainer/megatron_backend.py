@@ -53,9 +53,7 @@ from ..registry.schema import TrainingJob
 from .backend import TrainingBackend
 from .checkpoint import write_hf_checkpoint
 from .data import IGNORE_INDEX, MicroBatch
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-"""Decoder-only models with Llama's exact architecture (pre-RMSNorm, RoPE, GQA, SwiGLU, no biases)."""
+from .megatron_fit import megatron_problems
 
 
 # ------------------------------------------------------------------------------------- layouts
@@ -83,27 +81,10 @@ class Layout:
     @classmethod
     def from_config(cls, config: Any, tp: int, max_seq_len: int | None = None) -> Layout:
         """Check that megatron's GPT layers compute exactly this model, with ``tp`` ranks; raise ValueError if not."""
-        model_type = getattr(config, "model_type", None)
-        problems = []
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            problems.append(f"model_type {model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-        if getattr(config, "hidden_act", "silu") != "silu":
-            problems.append(f"hidden_act {config.hidden_act!r} (megatron SwiGLU needs silu)")
-        for flag in ("attention_bias", "mlp_bias"):
-            if getattr(config, flag, False):
-                problems.append(f"{flag}=True")
-        for extra in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-            if getattr(config, extra, None):
-                problems.append(f"{extra} is set")
-        window = getattr(config, "sliding_window", None)
-        if window is not None and (max_seq_len is None or window < max_seq_len):
-            problems.append(f"sliding_window={window} shorter than the sequences")
+        problems = [problem for _, problem in megatron_problems(config, tp, max_seq_len)]
         heads = config.num_attention_heads
         groups = getattr(config, "num_key_value_heads", None) or heads
         ffn, vocab = config.intermediate_size, config.vocab_size
-        for what, n in (("num_attention_heads", heads), ("num_key_value_heads", groups), ("intermediate_size", ffn)):
-            if n % tp:
-                problems.append(f"{what}={n} is not divisible by tensor_parallel={tp}")
         try:
             rope_inv_freq(config)
         except ValueError as exc:
