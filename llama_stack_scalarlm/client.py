@@ -91,11 +91,14 @@ class ScalarLMClient:
                     response = self._http.put(f"/v1/scalarlm/uploads/{session.upload_id}",
                                               params={"offset": session.offset},
                                               content=_read_from(handle, session.offset, stat.st_size, progress))
-                _raise(response)
-                session = UploadSession.model_validate(response.json())
             except httpx.TransportError:
                 if attempt == _RETRIES:
                     raise
+                response = None
+            if response is not None and response.status_code != 409:
+                _raise(response)
+                session = UploadSession.model_validate(response.json())
+            else:  # cut off, or the server stands at another offset: resume from where its bytes end
                 response = self._http.get(f"/v1/scalarlm/uploads/{session.upload_id}")
                 _raise(response)
                 session = UploadSession.model_validate(response.json())

@@ -4,6 +4,7 @@ One distribution (tiny model, one worker) shares its state root with the SLURM c
 cluster's head node would. The tests run in file order: the last one takes SLURM down.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -194,6 +195,25 @@ def test_upload_of_the_same_bytes_is_stored_once(stack, client, tmp_path):
     again = []
     assert client.upload(path, progress=lambda done, total: again.append(done)) == first
     assert len(sent) > 1 and again == [path.stat().st_size], "the second upload transfers nothing"
+
+
+def test_an_upload_cut_off_resumes_where_the_server_stands(stack, client, tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(48 << 20))
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_halfway(done, total):
+        if done >= total // 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        client.upload(path, progress=interrupt_halfway)
+    sent = []
+    assert client.upload(path, progress=lambda done, total: sent.append(done)) == hashlib.sha256(
+        path.read_bytes()).hexdigest()
+    assert sent[0] > 8 << 20, "the second call sent again the bytes the server had"
 
 
 def sft_body(job_uuid, dataset_id, steps=10, **extra):

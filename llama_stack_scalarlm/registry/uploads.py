@@ -46,6 +46,7 @@ class UploadStore:
         self.root = root
         self.max_bytes = max_bytes
         self._hashers: dict[str, hashlib._Hash] = {}
+        self._appending: dict[str, asyncio.Lock] = {}  # one append at a time per upload
 
     def blob(self, sha256: str) -> Path:
         if not _SHA256.match(sha256 or ""):
@@ -82,7 +83,13 @@ class UploadStore:
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
         """Append bytes at ``offset`` (which must be where the upload stands: resume from there).
         Each block of a few MiB is written by one thread and hashed by another while the next block
-        arrives; a block is on disk and in the hash before the next one starts, so the two agree."""
+        arrives; a block is on disk and in the hash before the next one starts, so the two agree.
+        A second append to the same upload waits for the first (a client retrying while its cut-off
+        PUT is still being stored) and then needs the offset that one left."""
+        async with self._appending.setdefault(upload_id, asyncio.Lock()):
+            return await self._append(upload_id, offset, chunks)
+
+    async def _append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
         session = self.session(upload_id)
         if offset != session.offset:
             raise UploadConflictError(f"offset: {offset} given, the upload stands at {session.offset}")
@@ -139,6 +146,7 @@ class UploadStore:
             os.replace(self._partial(upload_id), blob)
         self._meta(upload_id).unlink()
         self._hashers.pop(upload_id, None)
+        self._appending.pop(upload_id, None)
         return session.model_copy(update={"sha256": digest, "complete": True})
 
     def put_bytes(self, data: bytes) -> str:
