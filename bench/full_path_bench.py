@@ -1,7 +1,8 @@
 """Full path vs. the same vLLM engine in-process, on the same prompts: generated tokens/s.
 
 Full path: bulk client -> `llama stack run` -> durable queue -> engine worker -> vLLM -> back.
-Baseline: one AsyncLLM with the worker's own engine arguments, all prompts submitted at once.
+Baseline: one AsyncLLM with the worker's own engine arguments, all prompts (text, tokenized by vLLM
+as the worker tokenizes them) submitted at once.
 Both run in this process's session, one after the other, so the ratio compares like with like;
 each side runs 5 rounds on its warm engine and reports the median (the machine is shared).
 Usage: python bench/full_path_bench.py [tiny-llama|SmolLM2-135M-Instruct] [prompts] [max_tokens]
@@ -46,7 +47,6 @@ def full_path(state: Path) -> float:
 
 async def in_process(state: Path) -> float:
     from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind
 
     from llama_stack_scalarlm.engine.core import EngineCore, configure_vllm_environment
@@ -56,14 +56,11 @@ async def in_process(state: Path) -> float:
     config = ScalarLMConfig.load({"state_dir": str(state), "default_model": MODEL})
     configure_vllm_environment(config)
     core = EngineCore(config, MODEL, ensure_model(ModelStore(config.models_dir), MODEL))
-    from llama_stack_scalarlm.queue.schema import GenerationRequest
-
-    ids = [core.prompt_ids(GenerationRequest(kind="completion", model=MODEL, prompt=p)) for p in prompts]
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, output_kind=RequestOutputKind.FINAL_ONLY)
 
     async def one(i: int, request_id: str) -> int:
         tokens = 0
-        async for out in core.engine.generate(TokensPrompt(prompt_token_ids=ids[i]), params, request_id=request_id):
+        async for out in core.engine.generate(prompts[i], params, request_id=request_id):
             tokens = len(out.outputs[0].token_ids)
         return tokens
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from .api.scalarlm import BulkGenerateRequest, BulkGenerateResponse, BulkResultsResponse, LogChunk
-from .queue.schema import GenerationResult, QueueStats
+from .queue.schema import GenerationResult, QueueStats, RequestStatus
 from .registry.schema import TERMINAL_STATES, JobStatus
 from .registry.uploads import UploadSession
 from .slurm import QueueEntry
@@ -40,14 +40,7 @@ class ScalarLMClient:
     def poll(self, ids: Sequence[int], wait_s: float = 0.0) -> dict[int, GenerationResult]:
         """Results finished since the last poll (each is handed over once). ``wait_s`` makes it a long
         poll on the oldest ids (the queue serves them first): it returns once some have finished."""
-        done = {}
-        for start in range(0, len(ids), _BATCH):
-            body = {"request_ids": list(ids[start : start + _BATCH]), "wait_s": wait_s if start == 0 else 0.0}
-            response = self._post("/v1/scalarlm/generate/results", body)
-            for status in BulkResultsResponse.model_validate(response).results:
-                if status.result is not None:
-                    done[status.id] = status.result
-        return done
+        return {s.id: s.result for s in self._statuses(ids, wait_s) if s.result is not None}
 
     def generate(
         self,
@@ -60,10 +53,21 @@ class ScalarLMClient:
         ids = self.submit(model, prompts, **sampling)
         results: dict[int, GenerationResult] = {}
         while len(results) < len(ids):
-            results.update(self.poll([i for i in ids if i not in results], wait_s=_LONG_POLL_S))
+            for status in self._statuses([i for i in ids if i not in results], _LONG_POLL_S):
+                if status.result is not None:
+                    results[status.id] = status.result
+                elif status.state == "unknown":
+                    raise KeyError(f"request {status.id} is gone: its result was fetched elsewhere or expired")
             if progress:
                 progress(len(results), len(ids))
         return [results[i] for i in ids]
+
+    def _statuses(self, ids: Sequence[int], wait_s: float) -> list[RequestStatus]:
+        statuses = []
+        for start in range(0, len(ids), _BATCH):
+            body = {"request_ids": list(ids[start : start + _BATCH]), "wait_s": wait_s if start == 0 else 0.0}
+            statuses += BulkResultsResponse.model_validate(self._post("/v1/scalarlm/generate/results", body)).results
+        return statuses
 
     def queue_stats(self) -> QueueStats:
         response = self._http.get("/v1/scalarlm/queue")

@@ -83,14 +83,26 @@ class TrainingService:
         """The job's status, with what SLURM knows folded in (a job SLURM ended cannot still be training)."""
         if not self.registry.exists(job_id):
             raise KeyError(job_id)
-        status = self.registry.status(job_id)
+        return self._statuses([job_id])[0]
+
+    def jobs(self) -> list[JobStatus]:
+        return self._statuses(self.registry.job_ids())
+
+    def _statuses(self, job_ids: list[str]) -> list[JobStatus]:
+        """Statuses as recorded, with one SLURM query for all the jobs recorded as live."""
+        recorded = [self.registry.status(job_id) for job_id in job_ids]
+        live = [s.slurm_job_id for s in recorded if s.state not in TERMINAL_STATES and s.slurm_job_id is not None]
+        try:
+            slurm_states = self.slurm.state(live) if live else {}
+        except SlurmUnavailableError:
+            slurm_states = {}
+        return [self._reconcile(status, slurm_states.get(status.slurm_job_id)) for status in recorded]
+
+    def _reconcile(self, status: JobStatus, slurm_state: str | None) -> JobStatus:
+        job_id = status.job_id
         if status.state == "FAILED" and status.log_tail is None:
             status.log_tail = self.registry.log_tail(job_id)  # the trainer recorded the error; show its log too
-        if status.state in TERMINAL_STATES or status.slurm_job_id is None:
-            return status
-        try:
-            slurm_state = self.slurm.state([status.slurm_job_id]).get(status.slurm_job_id)
-        except SlurmUnavailableError:
+        if status.state in TERMINAL_STATES or slurm_state is None:
             return status
         if slurm_state in _SLURM_FAILED or (slurm_state == "COMPLETED" and status.state != "COMPLETED"):
             tail = self.registry.log_tail(job_id)
@@ -101,9 +113,6 @@ class TrainingService:
             status = self.registry.update_status(job_id, state="CANCELLED")
             status.checkpoints = self.registry.checkpoints(job_id)
         return status
-
-    def jobs(self) -> list[JobStatus]:
-        return [self.status(job_id) for job_id in self.registry.job_ids()]
 
     def cancel(self, job_id: str) -> JobStatus:
         """Stop the job; returns once its SLURM job has ended (its trainer checkpointed on SIGTERM)."""

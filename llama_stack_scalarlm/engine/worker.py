@@ -1,7 +1,7 @@
 """Engine worker entrypoint: ``python -m llama_stack_scalarlm.engine.worker --server-url URL``.
 
 A thin loop over the engine core: lease as many requests as there is free capacity (plus
-``lease_ahead`` waiting in vLLM, so the next step never waits for a lease round trip), run them
+``lease_ahead`` waiting in vLLM, so a freed slot never waits for a lease round trip), run them
 concurrently in vLLM (its running batch stays full and never exceeds ``max_num_seqs``), and report
 deltas and results in batches. A result is dropped from the outbox only once the server has stored it; if
 this process dies, its leases expire and go to another worker.
@@ -45,6 +45,9 @@ class Worker:
         self.parent_pid = parent_pid
         self.outbox: asyncio.Queue[WorkEvent] = asyncio.Queue()
         self.running: set[asyncio.Task] = set()
+        # With requests waiting in vLLM, lease only once half of them have started: one lease call
+        # per several completions, not one per completion.
+        self._min_lease = max(1, config.engine.lease_ahead // 2)
 
     async def serve(self) -> None:
         tasks = [
@@ -61,7 +64,7 @@ class Worker:
     async def _lease_loop(self) -> None:
         while self._parent_alive():
             free = self.core.capacity + self.config.engine.lease_ahead - len(self.running)
-            if free <= 0:
+            if free < (self._min_lease if self.running else 1):
                 await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
                 continue
             if not (models := self.core.served_models()):  # standing by for a first checkpoint
