@@ -31,10 +31,10 @@ _RESTART_BACKOFF_S = 2.0
 
 
 class WorkerSupervisor:
-    def __init__(self, config: ScalarLMConfig, store: RequestStore, trained_models: Callable[[], list[str]]):
+    def __init__(self, config: ScalarLMConfig, store: RequestStore, full_finetunes: Callable[[], list[str]]):
         self.config = config
         self.store = store
-        self.trained_models = trained_models  # full fine-tunes: each gets a worker of its own while wanted
+        self.full_finetunes = full_finetunes  # each gets a worker of its own while it is listed
         self._stop = threading.Event()
         self._procs: dict[str, tuple[subprocess.Popen, str]] = {}
         self._thread = threading.Thread(target=self._run, name="scalarlm-workers", daemon=True)
@@ -55,7 +55,7 @@ class WorkerSupervisor:
         while not self._stop.is_set():
             models = self.config.models
             wanted = {f"w{i}": models[i % len(models)] for i in range(self.config.workers)}
-            wanted |= {job: job for job in self.trained_models()}
+            wanted |= {job: job for job in self.full_finetunes()}
             for slot in [slot for slot in self._procs if slot not in wanted]:  # e.g. a job that failed
                 proc, worker_id = self._procs.pop(slot)
                 log.info("worker %s is no longer wanted; stopping it", worker_id)
