@@ -94,9 +94,10 @@ class EngineCore:
                 log.warning("not serving %s: this worker holds %d adapters already", job_id, self.max_adapters)
                 continue
             int_id = held.lora_int_id if held else len(self.adapters) + 1
-            request = LoRARequest(job_id, int_id, checkpoint.path, load_inplace=held is not None)
-            await self.engine.add_lora(request)
-            self.adapters[job_id] = request
+            await self.engine.add_lora(LoRARequest(job_id, int_id, checkpoint.path, load_inplace=held is not None))
+            # Requests carry the adapter without load_inplace: with it, vLLM reloads the adapter from
+            # disk at every step, and fails once the trainer has rotated that checkpoint away.
+            self.adapters[job_id] = LoRARequest(job_id, int_id, checkpoint.path)
             log.info("serving %s from %s", job_id, checkpoint.path)
 
     async def reload_weights(self, path: Path) -> None:
