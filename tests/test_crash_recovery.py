@@ -1,4 +1,4 @@
-"""Nothing queued is lost: kill -9 a worker mid-batch, kill -9 the server with queued work."""
+"""Nothing queued is lost: kill -9 a worker or its engine mid-batch, kill -9 the server with queued work."""
 
 import subprocess
 import sys
@@ -33,6 +33,22 @@ def test_killed_worker_loses_no_request(server, tiny_model):
     assert all(r.error is None and r.choices[0].completion_tokens >= 1 for r in results.values())
     replacement = [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
     assert replacement and replacement[0].pid != victim.pid
+
+
+def test_a_dead_engine_restarts_its_worker_and_loses_no_request(server, tiny_model):
+    client = ScalarLMClient(server.url)
+    ids = client.submit(tiny_model, [f"engine crash {i}" for i in range(300)], max_tokens=48)
+    (worker,) = [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
+    deadline = time.time() + 60
+    while client.queue_stats().leased == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    (engine,) = [p for p in worker.children(recursive=True) if p.name() == "VLLM::EngineCore"]
+    engine.kill()  # the worker process lives on; its engine is gone
+    results = wait_all(client, ids)
+    assert len(results) == len(ids)
+    assert all(r.error is None and r.choices[0].completion_tokens >= 1 for r in results.values())
+    replacement = [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
+    assert replacement and replacement[0].pid != worker.pid
 
 
 def test_killed_server_loses_no_queued_request(tmp_path, tiny_model):

@@ -45,6 +45,7 @@ class Worker:
         self.parent_pid = parent_pid
         self.outbox: asyncio.Queue[WorkEvent] = asyncio.Queue()
         self.running: set[asyncio.Task] = set()
+        self.engine_dead = False
         # With requests waiting in vLLM, lease only once half of them have started: one lease call
         # per several completions, not one per completion.
         self._min_lease = max(1, config.engine.lease_ahead // 2)
@@ -60,9 +61,11 @@ class Worker:
         finally:
             for task in tasks:
                 task.cancel()
+        if self.engine_dead:  # exit, so that the worker is restarted and its leases are served again
+            raise SystemExit("worker: the engine died")
 
     async def _lease_loop(self) -> None:
-        while self._parent_alive():
+        while self._parent_alive() and not self.engine_dead:
             free = self.core.capacity + self.config.engine.lease_ahead - len(self.running)
             if free < (self._min_lease if self.running else 1):
                 await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
@@ -82,8 +85,14 @@ class Worker:
                 task.add_done_callback(self.running.discard)
 
     async def _run(self, item: WorkItem) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         try:
             result = await self.core.run(item, self._emit)
+        except EngineDeadError:  # not the request's fault: leave it leased, to be served after the restart
+            log.exception("the engine died serving request %s", item.id)
+            self.engine_dead = True
+            return
         except Exception as exc:
             log.exception("request %s failed", item.id)
             result = GenerationResult(error=RequestError(status=500, message=f"engine error: {exc}"))
