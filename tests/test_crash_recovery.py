@@ -19,36 +19,43 @@ def wait_all(client, ids, timeout_s=600):
     return results
 
 
-def test_killed_worker_loses_no_request(server, tiny_model):
-    client = ScalarLMClient(server.url)
-    ids = client.submit(tiny_model, [f"prompt number {i}" for i in range(300)], max_tokens=48)
-    (victim,) = [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
+def tiny_workers(server):
+    return [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
+
+
+def submit_until_leased(client, tiny_model, prefix):
+    """300 requests, once the worker holds some of them."""
+    ids = client.submit(tiny_model, [f"{prefix} {i}" for i in range(300)], max_tokens=48)
     deadline = time.time() + 60
     while client.queue_stats().leased == 0 and time.time() < deadline:
         time.sleep(0.05)
     assert client.queue_stats().leased > 0, "the worker should be holding leased work"
-    victim.kill()
+    return ids
+
+
+def assert_all_served_by_a_new_worker(server, client, ids, old_worker):
     results = wait_all(client, ids)
     assert len(results) == len(ids)
     assert all(r.error is None and r.choices[0].completion_tokens >= 1 for r in results.values())
-    replacement = [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
-    assert replacement and replacement[0].pid != victim.pid
+    replacement = tiny_workers(server)
+    assert replacement and replacement[0].pid != old_worker.pid
+
+
+def test_killed_worker_loses_no_request(server, tiny_model):
+    client = ScalarLMClient(server.url)
+    (victim,) = tiny_workers(server)
+    ids = submit_until_leased(client, tiny_model, "prompt number")
+    victim.kill()
+    assert_all_served_by_a_new_worker(server, client, ids, victim)
 
 
 def test_a_dead_engine_restarts_its_worker_and_loses_no_request(server, tiny_model):
     client = ScalarLMClient(server.url)
-    ids = client.submit(tiny_model, [f"engine crash {i}" for i in range(300)], max_tokens=48)
-    (worker,) = [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
-    deadline = time.time() + 60
-    while client.queue_stats().leased == 0 and time.time() < deadline:
-        time.sleep(0.05)
+    (worker,) = tiny_workers(server)
+    ids = submit_until_leased(client, tiny_model, "engine crash")
     (engine,) = [p for p in worker.children(recursive=True) if p.name() == "VLLM::EngineCore"]
     engine.kill()  # the worker process lives on; its engine is gone
-    results = wait_all(client, ids)
-    assert len(results) == len(ids)
-    assert all(r.error is None and r.choices[0].completion_tokens >= 1 for r in results.values())
-    replacement = [p for p in server.worker_processes() if f"--model {TINY}" in " ".join(p.cmdline())]
-    assert replacement and replacement[0].pid != worker.pid
+    assert_all_served_by_a_new_worker(server, client, ids, worker)
 
 
 def test_killed_server_loses_no_queued_request(tmp_path, tiny_model):

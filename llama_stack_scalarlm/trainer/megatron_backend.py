@@ -85,10 +85,11 @@ class Layout:
         heads = config.num_attention_heads
         groups = getattr(config, "num_key_value_heads", None) or heads
         ffn, vocab = config.intermediate_size, config.vocab_size
-        try:
-            rope_inv_freq(config)
-        except ValueError as exc:
-            problems.append(str(exc))
+        if not problems:  # the one check that needs transformers' RoPE functions
+            try:
+                rope_inv_freq(config)
+            except ValueError as exc:
+                problems.append(str(exc))
         if problems:
             raise ValueError("the megatron backend cannot train this model: " + "; ".join(problems))
         return cls(
@@ -119,19 +120,16 @@ class Layout:
 
 
 def rope_inv_freq(config: Any) -> torch.Tensor:
-    """RoPE inverse frequencies as transformers computes them (default, linear and llama3 scaling)."""
+    """RoPE inverse frequencies as transformers computes them, for a config :func:`megatron_problems`
+    accepts (default, linear and llama3 scaling, full rotary); scaling of the attention is refused."""
     params = getattr(config, "rope_parameters", None) or {
         "rope_type": (getattr(config, "rope_scaling", None) or {}).get("rope_type", "default"),
         "rope_theta": getattr(config, "rope_theta", 10000.0),
     }
     rope_type = params.get("rope_type", "default")
-    if params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError("partial rotary embeddings are not supported")
     if rope_type == "default":
         dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return 1.0 / (params["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    if rope_type not in ("linear", "llama3"):
-        raise ValueError(f"rope_type {rope_type!r} is not supported (default, linear, llama3)")
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config)

@@ -34,6 +34,8 @@ def megatron_problems(config: Any, tp: int, max_seq_len: int | None = None) -> l
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") not in SUPPORTED_ROPE_TYPES:
         problems.append(("backend", f"rope_type {rope['rope_type']!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"))
+    if rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) != 1.0:
+        problems.append(("backend", "partial rotary embeddings are not supported"))
     heads = config.num_attention_heads
     groups = getattr(config, "num_key_value_heads", None) or heads
     for what, n in (("num_attention_heads", heads), ("num_key_value_heads", groups),
