@@ -38,7 +38,8 @@ class ServerRuntime:
         )
         self.supervisor = None
         self.jobs = JobRegistry(config.jobs_dir)
-        self._trained: tuple[float, dict[str, tuple[float, str]], list[str]] = (0.0, {}, [])
+        # (when scanned, trained models, full fine-tunes standing by for a first checkpoint)
+        self._job_scan: tuple[float, dict[str, tuple[float, str]], list[str]] = (0.0, {}, [])
         self._full: dict[str, bool] = {}  # job id -> is a full fine-tune (job configs never change)
         self._stop = threading.Event()
 
@@ -84,7 +85,7 @@ class ServerRuntime:
         return [job for job, (_, kind) in trained.items() if kind == "full"] + standby
 
     def _scan_jobs(self) -> tuple[dict[str, tuple[float, str]], list[str]]:
-        stamp, trained, standby = self._trained
+        stamp, trained, standby = self._job_scan
         if time.monotonic() - stamp > _MODELS_TTL_S:
             trained, standby = {}, []
             for job_id in self.jobs.job_ids():
@@ -92,7 +93,7 @@ class ServerRuntime:
                     trained[job_id] = (Path(latest.path).stat().st_mtime, latest.kind)
                 elif self._is_full(job_id) and self.jobs.status(job_id).state in ("QUEUED", "TRAINING"):
                     standby.append(job_id)
-            self._trained = (time.monotonic(), trained, standby)
+            self._job_scan = (time.monotonic(), trained, standby)
         return trained, standby
 
     def _is_full(self, job_id: str) -> bool:

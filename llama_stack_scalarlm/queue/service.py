@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 from .schema import ChoiceDelta, GenerationRequest, GenerationResult, QueueStats, RequestStatus, WorkEvent, WorkItem
 from .store import RequestStore
 
 _POLL_S = 1.0
 _MAINTENANCE_S = 2.0
+T = TypeVar("T")
+
 
 class QueueService:
     def __init__(self, store: RequestStore, lease_s: float, result_ttl_s: float):
@@ -24,8 +27,8 @@ class QueueService:
         self.result_ttl_s = result_ttl_s
         self._waiters: dict[int, asyncio.Future] = {}
         self._streams: dict[int, asyncio.Queue] = {}
-        self._work_event: asyncio.Event | None = None
-        self._finished = asyncio.Event()  # set, then replaced, whenever results are stored
+        self._work = _Signal()  # requests were queued or returned to the queue
+        self._finished = _Signal()  # results were stored
         self._workers_seen: dict[str, float] = {}
         self._last_maintenance = 0.0
 
@@ -36,7 +39,7 @@ class QueueService:
         for request_id, request in zip(ids, requests, strict=True):
             if request.stream:
                 self._streams[request_id] = asyncio.Queue()
-        self._wake_workers()
+        self._work.fire()
         return ids
 
     async def wait(self, request_id: int, timeout_s: float) -> GenerationResult:
@@ -86,17 +89,12 @@ class QueueService:
     async def results(self, ids: Sequence[int], wait_s: float = 0.0) -> list[RequestStatus]:
         """Bulk polling: finished results are handed over once, then deleted. With ``wait_s`` it is a
         long poll: it answers as soon as any of ``ids`` has finished (or is unknown), else at the deadline."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            arrived = self._finished  # before reading: a report after this point wakes us
-            statuses = self.store.status(ids, consume=True)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or any(s.result is not None or s.state == "unknown" for s in statuses):
-                return statuses
-            try:
-                await asyncio.wait_for(arrived.wait(), min(_POLL_S, remaining))
-            except TimeoutError:
-                pass
+        return await _long_poll(
+            lambda: self.store.status(ids, consume=True),
+            lambda statuses: any(s.result is not None or s.state == "unknown" for s in statuses),
+            self._finished,
+            wait_s,
+        )
 
     def stats(self) -> QueueStats:
         stats = self.store.stats()
@@ -108,19 +106,12 @@ class QueueService:
 
     async def lease(self, worker: str, models: Sequence[str], capacity: int, wait_s: float) -> list[WorkItem]:
         """Up to ``capacity`` requests; waits up to ``wait_s`` for work to arrive when there is none."""
-        deadline = time.monotonic() + wait_s
-        event = self._work_available()
-        while True:
-            event.clear()  # before leasing: a submit after this point wakes us
+
+        def lease_now() -> list[WorkItem]:
             self.heartbeat(worker)
-            items = self.store.lease(worker, models, capacity, self.lease_s)
-            remaining = deadline - time.monotonic()
-            if items or remaining <= 0:
-                return items
-            try:
-                await asyncio.wait_for(event.wait(), min(_POLL_S, remaining))
-            except TimeoutError:
-                pass
+            return self.store.lease(worker, models, capacity, self.lease_s)
+
+        return await _long_poll(lease_now, bool, self._work, wait_s)
 
     def heartbeat(self, worker: str) -> None:
         self._workers_seen[worker] = time.time()
@@ -138,8 +129,7 @@ class QueueService:
         finals = [(e.id, e.result) for e in events if e.result is not None]
         self.store.complete(finals)
         if finals:
-            self._finished.set()
-            self._finished = asyncio.Event()
+            self._finished.fire()
         for request_id, result in finals:
             if (channel := self._streams.get(request_id)) is not None:
                 channel.put_nowait(result)
@@ -151,18 +141,9 @@ class QueueService:
         """A worker known to be dead: its leases go back to the queue now, not at expiry."""
         self._workers_seen.pop(worker, None)
         if self.store.release_worker(worker):
-            self._wake_workers()
+            self._work.fire()
 
     # -- internals ------------------------------------------------------------------------------
-
-    def _work_available(self) -> asyncio.Event:
-        if self._work_event is None:
-            self._work_event = asyncio.Event()
-        return self._work_event
-
-    def _wake_workers(self) -> None:
-        if self._work_event is not None:
-            self._work_event.set()
 
     def _maintain(self) -> None:
         now = time.monotonic()
@@ -170,5 +151,39 @@ class QueueService:
             return
         self._last_maintenance = now
         if self.store.release_expired():
-            self._wake_workers()
+            self._work.fire()
         self.store.purge_results(self.result_ttl_s)
+
+
+class _Signal:
+    """Wakes every coroutine waiting when it fires: an event that is set and then replaced, so no
+    waiter clears it for another, and one taken before a read is woken by any fire after it."""
+
+    def __init__(self):
+        self._event: asyncio.Event | None = None  # made on first wait, in the server's loop
+
+    def waiter(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def fire(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+
+async def _long_poll(read: Callable[[], T], ready: Callable[[T], bool], signal: _Signal, wait_s: float) -> T:
+    """``read()`` until ``ready`` or ``wait_s`` has passed, reading again when ``signal`` fires (and
+    every ``_POLL_S`` regardless, so nothing depends on a wake-up arriving)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        woken = signal.waiter()  # before reading: a fire after this point wakes us
+        value = read()
+        remaining = deadline - time.monotonic()
+        if ready(value) or remaining <= 0:
+            return value
+        try:
+            await asyncio.wait_for(woken.wait(), min(_POLL_S, remaining))
+        except TimeoutError:
+            pass
