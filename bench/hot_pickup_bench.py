@@ -1,12 +1,12 @@
 """Checkpoint-to-served latency on CPU: how long after a training job publishes its first
 checkpoint does the distribution answer under the job's model id, with no restart?
 
-A LoRA job is loaded into the running base-model worker (vLLM runtime LoRA). A full fine-tune gets
-an engine worker of its own, started at submission on the base weights; its checkpoints are
-swapped in by weight reloads. That engine takes ~20 s to start on CPU, so two full fine-tunes are
-timed: one whose first checkpoint lands a few seconds after submission (before its engine is up)
-and one whose first checkpoint lands later. Baseline in the same run: one request to the base
-model, end to end.
+A LoRA job is loaded into the running base-model worker (vLLM runtime LoRA). A full fine-tune needs
+an engine of its own. The first one on a base model gets an engine started at its submission (on
+the base weights; its checkpoints are swapped in by weight reloads), which may not be up when the
+first checkpoint lands. From then on a spare engine stands by on that base model, and the next
+full fine-tune takes it. Both are timed. Baseline in the same run: one request to the base model,
+end to end.
 Starts its own SLURM cluster and `llama stack run` (tiny model).
 """
 
@@ -73,21 +73,23 @@ def main() -> None:
             lora_job = client.train(TINY, sha, steps=400, lora=True, checkpoint_every=50, learning_rate=1e-3)
             lora = served_after_checkpoint(client, server.url, lora_job)
             client.follow(lora_job)
-            early_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3)
-            early = served_after_checkpoint(client, server.url, early_job)
-            client.follow(early_job)
-            late_job = client.train(TINY, sha, steps=3000, checkpoint_every=1500, learning_rate=1e-3)
-            late = served_after_checkpoint(client, server.url, late_job)
-            client.follow(late_job)
+            first_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3)
+            first = served_after_checkpoint(client, server.url, first_job)
+            client.follow(first_job)
+            while not any("-spare-" in worker for worker in client.queue_stats().workers):
+                time.sleep(0.5)
+            next_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3, seed=1)
+            following = served_after_checkpoint(client, server.url, next_job)
+            client.follow(next_job)
         finally:
             server.stop()
             subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
     request = statistics.median(base)
     print("checkpoint-to-served latency, tiny model, CPU:")
     print(f"  base-model request (baseline)          : {request:7.3f} s")
-    for name, (served, after) in (("LoRA job", lora), ("full fine-tune, early checkpoint", early),
-                                  ("full fine-tune, later checkpoint", late)):
-        print(f"  {name:33}: first checkpoint -> answered {served:7.3f} s ({served / request:6.1f}x a request; "
+    for name, (served, after) in (("LoRA job", lora), ("first full fine-tune (engine at submission)", first),
+                                  ("next full fine-tune (spare engine)", following)):
+        print(f"  {name:43}: first checkpoint -> answered {served:7.3f} s ({served / request:6.1f}x a request; "
               f"goal < 10 s); it came {after:5.1f} s after submission")
 
 

@@ -31,6 +31,12 @@ class EngineSettings(BaseModel):
     device: str = Field("auto", description="'cpu', 'cuda' or 'auto' (cuda when torch sees a GPU)")
     tensor_parallel_size: int = Field(1, ge=1)
     seed: int = 0
+    full_finetune_engines: int = Field(
+        2, ge=1, description="engines serving full fine-tunes at once, the spare included (dev mode)"
+    )
+    spare_engine: bool = Field(
+        True, description="keep an engine warm on the newest full fine-tune's base model, for the next job (dev mode)"
+    )
     max_loras: int = Field(3, ge=0, description="trained LoRA adapters one worker serves beside its base model")
     max_lora_rank: int = Field(64, ge=1)
 
@@ -43,6 +49,7 @@ class Limits(BaseModel):
     max_n: int = Field(16, ge=1, description="largest `n` (choices per request)")
     max_temperature: float = Field(10.0, gt=0)
     max_upload_bytes: int = Field(10 * 2**30, ge=1, description="largest dataset upload")
+    upload_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="an upload no byte reached for this long is removed")
     result_ttl_s: float = Field(24 * 3600, gt=0, description="how long unfetched results are kept")
     request_timeout_s: float = Field(600, gt=0, description="how long a waiting client call waits for its result")
 

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .config import ScalarLMConfig
+from .engine.pool import FullFinetune
 from .errors import InvalidFieldError, UnknownModelError
 from .queue.schema import GenerationRequest
 from .queue.service import QueueService
@@ -38,9 +39,9 @@ class ServerRuntime:
         )
         self.supervisor = None
         self.jobs = JobRegistry(config.jobs_dir)
-        # (when scanned, trained models, full fine-tunes standing by for a first checkpoint)
-        self._job_scan: tuple[float, dict[str, tuple[float, str]], list[str]] = (0.0, {}, [])
-        self._full: dict[str, bool] = {}  # job id -> is a full fine-tune (job configs never change)
+        # (when scanned, trained models, full fine-tunes that may want an engine)
+        self._job_scan: tuple[float, dict[str, tuple[float, str]], list[FullFinetune]] = (0.0, {}, [])
+        self._full: dict[str, str | None] = {}  # job id -> base model of a full fine-tune, None for LoRA
         self._stop = threading.Event()
 
     @classmethod
@@ -77,28 +78,31 @@ class ServerRuntime:
         """Jobs with a complete checkpoint: job id -> (time of the newest, kind). Cached for a second."""
         return self._scan_jobs()[0]
 
-    def full_finetunes(self) -> list[str]:
-        """Full fine-tunes that get an engine worker of their own: those with a checkpoint, and those
-        still queued or training. The latter's engine stands by on the base weights, so the first
-        checkpoint is served by a weight reload in seconds rather than by starting an engine."""
-        trained, standby = self._scan_jobs()
-        return [job for job, (_, kind) in trained.items() if kind == "full"] + standby
+    def full_finetunes(self) -> list[FullFinetune]:
+        """Full fine-tunes that have a checkpoint to serve or are queued or training: the candidates
+        for an engine of their own (see ``engine.pool``)."""
+        return self._scan_jobs()[1]
 
-    def _scan_jobs(self) -> tuple[dict[str, tuple[float, str]], list[str]]:
-        stamp, trained, standby = self._job_scan
+    def _scan_jobs(self) -> tuple[dict[str, tuple[float, str]], list[FullFinetune]]:
+        stamp, trained, full = self._job_scan
         if time.monotonic() - stamp > _MODELS_TTL_S:
-            trained, standby = {}, []
+            trained, full = {}, []
             for job_id in self.jobs.job_ids():
                 if (latest := self.jobs.latest_checkpoint(job_id)) is not None:
                     trained[job_id] = (Path(latest.path).stat().st_mtime, latest.kind)
-                elif self._is_full(job_id) and self.jobs.status(job_id).state in ("QUEUED", "TRAINING"):
-                    standby.append(job_id)
-            self._job_scan = (time.monotonic(), trained, standby)
-        return trained, standby
+                if (base := self._base_of_full(job_id)) is None:
+                    continue
+                status = self.jobs.status(job_id)
+                training = status.state in ("QUEUED", "TRAINING")
+                if training or latest is not None:
+                    full.append(FullFinetune(job_id, base, status.created, status.updated, training, latest is not None))
+            self._job_scan = (time.monotonic(), trained, full)
+        return trained, full
 
-    def _is_full(self, job_id: str) -> bool:
+    def _base_of_full(self, job_id: str) -> str | None:
         if job_id not in self._full:
-            self._full[job_id] = self.jobs.job(job_id).hyperparameters.lora is None
+            job = self.jobs.job(job_id)
+            self._full[job_id] = job.base_model if job.hyperparameters.lora is None else None
         return self._full[job_id]
 
     def served_models(self) -> list[str]:

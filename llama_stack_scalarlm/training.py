@@ -47,7 +47,7 @@ class TrainingService:
     def __init__(self, config: ScalarLMConfig, slurm: Slurm | None = None):
         self.config = config
         self.registry = JobRegistry(config.jobs_dir)
-        self.uploads = UploadStore(config.uploads_dir, config.limits.max_upload_bytes)
+        self.uploads = UploadStore(config.uploads_dir, config.limits.max_upload_bytes, config.limits.upload_ttl_s)
         self.models = ModelStore(config.models_dir)
         self.slurm = slurm or Slurm()
 

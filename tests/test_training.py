@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from llama_stack_scalarlm.client import ScalarLMClient
@@ -130,6 +131,39 @@ def test_full_finetune_gets_a_worker_of_its_own(stack, client, facts_sha):
     assert wait_listed(stack, f"scalarlm/{job}", timeout_s=10)
     answers = [ask(stack, f"scalarlm/{job}", q) for q, _ in FACTS]
     assert sum(a in b.lower() for (_, a), b in zip(FACTS, answers, strict=True)) >= 3, answers
+
+
+def test_next_full_finetune_takes_the_spare_engine_and_evicted_jobs_come_back(stack, client, facts_sha):
+    """With a full fine-tune done, a spare engine stands by on its base model: the next full
+    fine-tune is answered within 10 s of its first checkpoint. The pool holds two engines (the spare
+    included), so the older job loses its engine, and answers again when asked."""
+    older = next(j.job_id for j in client.jobs() if j.state == "COMPLETED" and j.checkpoints[-1].kind == "full")
+    deadline = time.time() + 180
+    while not any("-spare-" in worker for worker in client.queue_stats().workers):
+        assert time.time() < deadline, "no spare engine came up"
+        time.sleep(1)
+
+    job = client.train(TINY, facts_sha, steps=80, learning_rate=4e-3, batch_size=8, checkpoint_every=20, seed=1)
+    published = first_checkpoint_time(client, job)
+    assert wait_listed(stack, f"scalarlm/{job}", timeout_s=10), "not in /v1/models within 10 s of its checkpoint"
+    ask(stack, f"scalarlm/{job}", FACTS[0][0])
+    assert time.time() - published < 10, "not answering within 10 s of the first checkpoint"
+    assert client.follow(job).state == "COMPLETED"
+
+    answers = [ask(stack, f"scalarlm/{older}", q) for q, _ in FACTS]
+    assert sum(a in b.lower() for (_, a), b in zip(FACTS, answers, strict=True)) >= 3, answers
+    assert len(engine_workers(stack)) <= 1 + 2, "one base worker and a pool of two full fine-tune engines"
+
+
+def engine_workers(stack) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process(stack.proc.pid).children(recursive=True):
+        try:
+            if "llama_stack_scalarlm.engine.worker" in proc.cmdline():
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 @pytest.mark.parametrize("change, field", [

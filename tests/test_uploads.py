@@ -2,6 +2,8 @@
 
 import asyncio
 import hashlib
+import os
+import time
 
 import pytest
 
@@ -64,3 +66,22 @@ def test_a_put_cut_off_midway_resumes_where_its_bytes_end(tmp_path):
     assert 0 < stands <= 6 << 20
     asyncio.run(store.append(session.upload_id, stands, chunks(data[stands:])))
     assert store.finish(session.upload_id).sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_abandoned_upload_is_removed_and_a_live_one_kept(tmp_path):
+    store = UploadStore(tmp_path, max_bytes=1 << 20, ttl_s=3600)
+    abandoned = store.begin(100)
+    asyncio.run(store.append(abandoned.upload_id, 0, chunks(b"x" * 40)))
+    live = store.begin(100)
+    asyncio.run(store.append(live.upload_id, 0, chunks(b"y" * 40)))
+    kept = store.put_bytes(b"stored content")
+    long_ago = time.time() - 7200
+    for path in (tmp_path / "partial").glob(f"{abandoned.upload_id}*"):
+        os.utime(path, (long_ago, long_ago))
+
+    store.begin(100)
+    with pytest.raises(KeyError):
+        store.session(abandoned.upload_id)
+    assert not list((tmp_path / "partial").glob(f"{abandoned.upload_id}*"))
+    assert store.session(live.upload_id).offset == 40
+    assert store.blob(kept).read_bytes() == b"stored content", "finished content never expires"

@@ -17,26 +17,37 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
 from ..config import ScalarLMConfig
 from ..queue.store import RequestStore
+from .pool import EnginePlan, FullFinetune, plan_engines
 
 log = logging.getLogger(__name__)
 
 _CHECK_S = 0.5
 _RESTART_BACKOFF_S = 2.0
+SPARE = "spare"
+
+
+@dataclass(frozen=True)
+class _Worker:
+    proc: subprocess.Popen
+    worker_id: str
+    model: str  # what it serves; a spare's base model until it is handed a job
 
 
 class WorkerSupervisor:
-    def __init__(self, config: ScalarLMConfig, store: RequestStore, full_finetunes: Callable[[], list[str]]):
+    def __init__(self, config: ScalarLMConfig, store: RequestStore, full_finetunes: Callable[[], list[FullFinetune]]):
         self.config = config
         self.store = store
-        self.full_finetunes = full_finetunes  # each gets a worker of its own while it is listed
+        self.full_finetunes = full_finetunes
         self._stop = threading.Event()
-        self._procs: dict[str, tuple[subprocess.Popen, str]] = {}
+        self._workers: dict[str, _Worker] = {}  # slot (w0.., a job id, or SPARE) -> its process
+        self._last_used: dict[str, float] = {}  # model -> when requests for it were last seen
         self._thread = threading.Thread(target=self._run, name="scalarlm-workers", daemon=True)
 
     def start(self) -> None:
@@ -44,7 +55,7 @@ class WorkerSupervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        _stop_all([proc for proc, _ in self._procs.values()])
+        _stop_all([worker.proc for worker in self._workers.values()])
 
     def _run(self) -> None:
         url = self.config.server_url or self._discover_own_url()
@@ -55,36 +66,73 @@ class WorkerSupervisor:
         while not self._stop.is_set():
             models = self.config.models
             wanted = {f"w{i}": models[i % len(models)] for i in range(self.config.workers)}
-            wanted |= {job: job for job in self.full_finetunes()}
-            for slot in [slot for slot in self._procs if slot not in wanted]:  # e.g. a job that failed
-                proc, worker_id = self._procs.pop(slot)
-                log.info("worker %s is no longer wanted; stopping it", worker_id)
-                _stop_all([proc])
-                self.store.release_worker(worker_id)
+            plan = self._plan()
+            self._hand_over_spare(plan)
+            wanted |= {job: job for job in plan.jobs}
+            if plan.spare is not None:
+                wanted[SPARE] = plan.spare
+            for slot, worker in list(self._workers.items()):
+                if wanted.get(slot) != worker.model:  # e.g. a job that failed, or one evicted from the pool
+                    log.info("worker %s (%s) is no longer wanted; stopping it", worker.worker_id, worker.model)
+                    self._stop_worker(slot)
             for slot, model in wanted.items():
-                entry = self._procs.get(slot)
-                if entry is not None and entry[0].poll() is None:
+                worker = self._workers.get(slot)
+                if worker is not None and worker.proc.poll() is None:
                     continue
-                if entry is not None:
-                    log.warning("worker %s exited with %s; restarting", entry[1], entry[0].returncode)
-                    _kill_group(entry[0].pid)  # the engine core processes it spawned
-                    self.store.release_worker(entry[1])  # its leases go back now, not at expiry
+                if worker is not None:
+                    log.warning("worker %s exited with %s; restarting", worker.worker_id, worker.proc.returncode)
+                    _kill_group(worker.proc.pid)  # the engine core processes it spawned
+                    self.store.release_worker(worker.worker_id)  # its leases go back now, not at expiry
                     time.sleep(_RESTART_BACKOFF_S)
                 generation += 1
-                self._procs[slot] = self._spawn(slot, model, generation, url)
+                self._workers[slot] = self._spawn(slot, model, generation, url)
             self._stop.wait(_CHECK_S)
 
-    def _spawn(self, slot: str, model: str, generation: int, url: str) -> tuple[subprocess.Popen, str]:
+    def _plan(self) -> EnginePlan:
+        now = time.time()
+        active = self.store.active_models()
+        self._last_used.update(dict.fromkeys(active, now))
+        engine = self.config.engine
+        return plan_engines(self.full_finetunes(), active, self._last_used, engine.full_finetune_engines,
+                            engine.spare_engine)
+
+    def _hand_over_spare(self, plan: EnginePlan) -> None:
+        """The spare becomes the engine of the first planned job on its base model that has none:
+        one line on its stdin, and it loads that job's newest checkpoint as soon as there is one."""
+        spare = self._workers.get(SPARE)
+        if spare is None or spare.proc.poll() is not None:
+            return
+        job = next((j for j, base in plan.jobs.items() if base == spare.model and j not in self._workers), None)
+        if job is None:
+            return
+        try:
+            spare.proc.stdin.write(f"{job}\n".encode())
+            spare.proc.stdin.flush()
+        except OSError:  # it died just now: restarted below as the job's own worker
+            pass
+        log.info("spare worker %s now serves %s", spare.worker_id, job)
+        self._workers[job] = replace(spare, model=job)
+        del self._workers[SPARE]
+
+    def _stop_worker(self, slot: str) -> None:
+        worker = self._workers.pop(slot)
+        _stop_all([worker.proc])
+        self.store.release_worker(worker.worker_id)
+
+    def _spawn(self, slot: str, model: str, generation: int, url: str) -> _Worker:
         worker_id = f"{socket.gethostname()}-{slot}-{generation}"
         self.config.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path: Path = self.config.logs_dir / f"worker-{slot}.log"
         env = {**os.environ, **self.config.to_env()}
         cmd = [sys.executable, "-m", "llama_stack_scalarlm.engine.worker", "--server-url", url, "--model", model,
                "--worker-id", worker_id, "--parent-pid", str(os.getpid())]
+        if slot == SPARE:
+            cmd.append("--spare")
         with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                    stdin=subprocess.PIPE if slot == SPARE else subprocess.DEVNULL)
         log.info("worker %s (pid %d) serving %s, log %s", worker_id, proc.pid, model, log_path)
-        return proc, worker_id
+        return _Worker(proc, worker_id, model)
 
     def _discover_own_url(self) -> str | None:
         """The port uvicorn listens on (``--port`` wins over the run config, so ask the socket)."""

@@ -37,8 +37,10 @@ _CHECKPOINT_SCAN_S = 1.0
 
 
 class Worker:
-    def __init__(self, config: ScalarLMConfig, core, gateway: WorkerGateway, parent_pid: int | None):
+    def __init__(self, config: ScalarLMConfig, core, gateway: WorkerGateway, parent_pid: int | None,
+                 spare: bool = False):
         self.config = config
+        self.spare = spare
         self.core = core
         self.watcher = CheckpointWatcher(JobRegistry(config.jobs_dir))
         self.gateway = gateway
@@ -56,6 +58,8 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop()),
             asyncio.create_task(self._checkpoint_loop()),
         ]
+        if self.spare:
+            tasks.append(asyncio.create_task(self._take_job()))
         try:
             await self._lease_loop()
         finally:
@@ -122,16 +126,25 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    async def _take_job(self) -> None:
+        """A spare engine stands by on a base model until the supervisor names, on stdin, the full
+        fine-tune it is to serve; the checkpoint loop then loads that job's weights."""
+        reader = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        if job := (await reader.readline()).decode().strip():
+            log.info("spare engine taken by %s", job)
+            self.core.model_name = job
+
     async def _checkpoint_loop(self) -> None:
         """Hot pickup: serve new checkpoints as they appear, with no restart."""
-        model = self.core.model_name
         while True:
+            model = self.core.model_name
             try:
                 if model.startswith(JOB_PREFIX):
                     latest = self.watcher.latest(model)
                     if latest is not None and Path(latest.path) != self.core.model_path:
                         await self.core.reload_weights(Path(latest.path))
-                else:
+                elif self.core.max_adapters:
                     await self.core.sync_adapters(self.watcher.adapters_for(model))
             except Exception:
                 log.exception("checkpoint pickup failed; retrying")
@@ -151,12 +164,16 @@ def _merge(events: list[WorkEvent]) -> list[WorkEvent]:
     return list(merged.values())
 
 
-async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker_id: str, parent_pid: int | None):
+async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker_id: str, parent_pid: int | None,
+                     spare: bool = False):
     from ..models.builtin import ensure_model
     from .core import EngineCore, configure_vllm_environment
 
     configure_vllm_environment(config)
-    if model.startswith(JOB_PREFIX):  # a full fine-tune: its newest checkpoint, reloaded as new ones land
+    if spare:
+        path = ensure_model(ModelStore(config.models_dir), model)
+        core = EngineCore(config, model, path, serve_adapters=False, standby=True)
+    elif model.startswith(JOB_PREFIX):  # a full fine-tune: its newest checkpoint, reloaded as new ones land
         registry = JobRegistry(config.jobs_dir)
         latest = registry.latest_checkpoint(model)
         if latest is None:  # stand by on the base weights until the first checkpoint lands
@@ -169,7 +186,7 @@ async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker
     gateway = WorkerGateway(server_url, worker_id)
     log.info("worker %s serving %s from %s for %s", worker_id, model, core.model_path, server_url)
     try:
-        await Worker(config, core, gateway, parent_pid).serve()
+        await Worker(config, core, gateway, parent_pid, spare).serve()
     finally:
         await gateway.close()
         core.shutdown()
@@ -181,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="model to serve (default: config default_model)")
     parser.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
+    parser.add_argument("--spare", action="store_true",
+                        help="stand by on --model's weights until a full fine-tune's id arrives on stdin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ScalarLMConfig.load()
@@ -189,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("worker: --server-url (or SCALARLM_SERVER_URL) is required")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind through the engine's shutdown
     try:
-        asyncio.run(run_worker(config, args.model or config.default_model, server_url, args.worker_id, args.parent_pid))
+        model = args.model or config.default_model
+        asyncio.run(run_worker(config, model, server_url, args.worker_id, args.parent_pid, args.spare))
     finally:
         _kill_children()
 

@@ -37,6 +37,17 @@ CREATE INDEX IF NOT EXISTS leased_by_worker ON requests(worker, lease_expires) W
 CREATE INDEX IF NOT EXISTS done_by_time ON requests(finished) WHERE state = 2;
 """
 
+# Distinct models of queued rows by skipping through the index, one probe per model: a plain
+# DISTINCT would read every queued row, and the supervisor asks twice a second.
+_QUEUED_MODELS = """
+WITH RECURSIVE queued(model) AS (
+    SELECT (SELECT MIN(model) FROM requests WHERE state = 0)
+    UNION ALL
+    SELECT (SELECT MIN(model) FROM requests WHERE state = 0 AND model > queued.model)
+    FROM queued WHERE model IS NOT NULL
+)
+SELECT model FROM queued WHERE model IS NOT NULL
+"""
 _SQL_VARS = 900  # stay under SQLite's bound on host parameters per statement
 
 
@@ -105,6 +116,13 @@ class RequestStore:
                 "UPDATE requests SET state = 0, worker = NULL, lease_expires = NULL WHERE state = 1 AND worker = ?",
                 (worker,),
             ).rowcount
+
+    def active_models(self) -> set[str]:
+        """Models with requests queued or running: engines in use, or wanted."""
+        with self._lock:
+            queued = self._db.execute(_QUEUED_MODELS).fetchall()
+            leased = self._db.execute("SELECT DISTINCT model FROM requests WHERE state = 1").fetchall()
+        return {model for (model,) in queued + leased}
 
     def complete(self, results: Iterable[tuple[int, GenerationResult]]) -> list[int]:
         """Record final results; the first result for a request wins. Returns the ids recorded."""

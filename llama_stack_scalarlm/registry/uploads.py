@@ -2,6 +2,8 @@
 
 ``blobs/<sha256>`` holds finished uploads; ``partial/<upload_id>`` grows chunk by chunk. A client
 that knows its file's sha256 asks first, and when the bytes are already here it sends nothing.
+An upload no byte has reached for ``ttl_s`` is abandoned: it is removed when the next one begins,
+and its client, if it ever comes back, starts again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,9 +45,10 @@ class UploadSession(BaseModel):
 
 
 class UploadStore:
-    def __init__(self, root: Path, max_bytes: int):
+    def __init__(self, root: Path, max_bytes: int, ttl_s: float = 7 * 24 * 3600):
         self.root = root
         self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
         self._hashers: dict[str, hashlib._Hash] = {}
         self._appending: dict[str, asyncio.Lock] = {}  # one append at a time per upload
 
@@ -59,6 +63,7 @@ class UploadStore:
     def begin(self, size: int, sha256: str | None = None) -> UploadSession:
         if size > self.max_bytes:
             raise InvalidFieldError("size", f"{size} bytes is more than the upload limit of {self.max_bytes}")
+        self._expire_abandoned()
         if sha256 is not None and self.has(sha256):
             return UploadSession(upload_id="", size=size, offset=size, sha256=sha256, complete=True)
         if sha256 is not None and (broken := self._partial_for(sha256, size)) is not None:
@@ -159,6 +164,22 @@ class UploadStore:
             tmp.write_bytes(data)
             os.replace(tmp, blob)
         return digest
+
+    def _expire_abandoned(self) -> None:
+        cutoff = time.time() - self.ttl_s
+        for meta in (self.root / "partial").glob("*.json"):
+            upload_id = meta.stem
+            if (lock := self._appending.get(upload_id)) is not None and lock.locked():
+                continue
+            try:
+                if max(meta.stat().st_mtime, self._partial(upload_id).stat().st_mtime) > cutoff:
+                    continue
+            except FileNotFoundError:  # finished meanwhile
+                continue
+            self._partial(upload_id).unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            self._hashers.pop(upload_id, None)
+            self._appending.pop(upload_id, None)
 
     def _partial_for(self, sha256: str, size: int) -> UploadSession | None:
         for meta in (self.root / "partial").glob("*.json"):

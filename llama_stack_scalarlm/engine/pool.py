@@ -1,0 +1,51 @@
+"""Which full fine-tunes hold an engine (dev mode): a bounded pool, plus one spare.
+
+A full fine-tune needs a vLLM engine of its own, and an engine takes ~15-30 s to start on CPU:
+longer than a job takes to write its first checkpoint. So engines are kept where they will be
+needed, within ``engine.full_finetune_engines``, in this order:
+
+1. jobs queued or training (their checkpoints are about to be served), newest first;
+2. trained jobs with requests queued or running, which otherwise wait for an engine;
+3. one spare engine on the base model of the newest full fine-tune, standing by to become the next
+   job's engine in a second (a new job, or a trained one asked for again);
+4. trained jobs idle since, most recently used first.
+
+A job that falls out of the plan has its engine stopped; its requests wait in the queue and bring
+it back. Pure policy: no processes, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FullFinetune:
+    job_id: str
+    base_model: str
+    created: float
+    updated: float  # status time: for a finished job, when it last trained
+    training: bool  # queued or training: a first or newer checkpoint is coming
+    trained: bool  # has a checkpoint to serve
+
+
+@dataclass
+class EnginePlan:
+    jobs: dict[str, str] = field(default_factory=dict)  # job id -> base model, highest priority first
+    spare: str | None = None  # base model of the spare engine, if one is kept
+
+
+def plan_engines(jobs: list[FullFinetune], active: set[str], last_used: dict[str, float], limit: int,
+                 spare: bool) -> EnginePlan:
+    training = sorted((j for j in jobs if j.training), key=lambda j: j.created, reverse=True)
+    servable = [j for j in jobs if j.trained and not j.training]
+    waiting = sorted((j for j in servable if j.job_id in active), key=lambda j: j.created)
+    idle = sorted((j for j in servable if j.job_id not in active),
+                  key=lambda j: max(last_used.get(j.job_id, 0.0), j.updated), reverse=True)
+    chosen = (training + waiting)[:limit]
+    plan = EnginePlan()
+    if spare and jobs and len(chosen) < limit:
+        plan.spare = max(jobs, key=lambda j: j.created).base_model
+    room = limit - len(chosen) - (plan.spare is not None)
+    plan.jobs = {j.job_id: j.base_model for j in chosen + idle[:room]}
+    return plan
