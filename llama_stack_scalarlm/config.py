@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -34,8 +34,10 @@ class EngineSettings(BaseModel):
     full_finetune_engines: int = Field(
         2, ge=1, description="engines serving full fine-tunes at once, the spare included (dev mode)"
     )
-    spare_engine: bool = Field(
-        True, description="keep an engine warm on the newest full fine-tune's base model, for the next job (dev mode)"
+    spare_engine: Literal["never", "after_first", "always"] = Field(
+        "after_first",
+        description="keep an engine standing by for the next full fine-tune (dev mode): on the newest full "
+        "fine-tune's base model once there is one, or from the start on the first served model",
     )
     max_loras: int = Field(3, ge=0, description="trained LoRA adapters one worker serves beside its base model")
     max_lora_rank: int = Field(64, ge=1)

@@ -7,9 +7,10 @@ def job(job_id, created, training=False, trained=True, base="tiny", updated=None
     return FullFinetune(job_id, base, created, created if updated is None else updated, training, trained)
 
 
-def test_no_full_finetunes_no_engines_and_no_spare():
+def test_no_full_finetunes_no_engines_and_a_spare_only_when_asked_for():
     plan = plan_engines([], set(), {}, limit=2, spare=True)
     assert plan.jobs == {} and plan.spare is None
+    assert plan_engines([], set(), {}, limit=2, spare=True, spare_fallback="tiny").spare == "tiny"
 
 
 def test_training_jobs_come_first_newest_first_then_the_spare():

@@ -6,8 +6,9 @@ needed, within ``engine.full_finetune_engines``, in this order:
 
 1. jobs queued or training (their checkpoints are about to be served), newest first;
 2. trained jobs with requests queued or running, which otherwise wait for an engine;
-3. one spare engine on the base model of the newest full fine-tune, standing by to become the next
-   job's engine in a second (a new job, or a trained one asked for again);
+3. one spare engine on the base model of the newest full fine-tune (or, before there is one,
+   ``spare_fallback``), standing by to become the next job's engine in a second (a new job, or a
+   trained one asked for again);
 4. trained jobs idle since, most recently used first.
 
 A job that falls out of the plan has its engine stopped; its requests wait in the queue and bring
@@ -36,7 +37,7 @@ class EnginePlan:
 
 
 def plan_engines(jobs: list[FullFinetune], active: set[str], last_used: dict[str, float], limit: int,
-                 spare: bool) -> EnginePlan:
+                 spare: bool, spare_fallback: str | None = None) -> EnginePlan:
     training = sorted((j for j in jobs if j.training), key=lambda j: j.created, reverse=True)
     servable = [j for j in jobs if j.trained and not j.training]
     waiting = sorted((j for j in servable if j.job_id in active), key=lambda j: j.created)
@@ -44,8 +45,8 @@ def plan_engines(jobs: list[FullFinetune], active: set[str], last_used: dict[str
                   key=lambda j: max(last_used.get(j.job_id, 0.0), j.updated), reverse=True)
     chosen = (training + waiting)[:limit]
     plan = EnginePlan()
-    if spare and jobs and len(chosen) < limit:
-        plan.spare = max(jobs, key=lambda j: j.created).base_model
+    if spare and len(chosen) < limit:
+        plan.spare = max(jobs, key=lambda j: j.created).base_model if jobs else spare_fallback
     room = limit - len(chosen) - (plan.spare is not None)
     plan.jobs = {j.job_id: j.base_model for j in chosen + idle[:room]}
     return plan

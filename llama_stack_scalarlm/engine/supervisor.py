@@ -1,4 +1,5 @@
-"""Dev mode: the server starts its own engine workers and restarts any that die.
+"""Dev mode: the server starts its own engine workers and restarts any that die: one per base-model
+slot (``workers``), and the full fine-tunes' engines that ``engine.pool`` plans, spare included.
 
 Runs in a thread of the server process (the stack initializes providers in a throwaway event
 loop, so no asyncio task could outlive it). Imports no torch: workers are separate processes.
@@ -92,9 +93,10 @@ class WorkerSupervisor:
         now = time.time()
         active = self.store.active_models()
         self._last_used.update(dict.fromkeys(active, now))
-        engine = self.config.engine
-        return plan_engines(self.full_finetunes(), active, self._last_used, engine.full_finetune_engines,
-                            engine.spare_engine)
+        mode = self.config.engine.spare_engine
+        fallback = self.config.models[0] if mode == "always" else None
+        return plan_engines(self.full_finetunes(), active, self._last_used, self.config.engine.full_finetune_engines,
+                            spare=mode != "never", spare_fallback=fallback)
 
     def _hand_over_spare(self, plan: EnginePlan) -> None:
         """The spare becomes the engine of the first planned job on its base model that has none:
