@@ -13,7 +13,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: setup
-	$(PY) -m pytest -v --durations=15
+	$(PY) -m pytest -v -rs --durations=15
 
 bench: setup
 	$(PY) bench/queue_bench.py

@@ -68,8 +68,14 @@ class StackServer:
     def worker_processes(self) -> list[psutil.Process]:
         if self.proc is None:
             return []
-        children = psutil.Process(self.proc.pid).children(recursive=True)
-        return [p for p in children if "llama_stack_scalarlm.engine.worker" in " ".join(p.cmdline())]
+        found = []
+        for proc in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if "llama_stack_scalarlm.engine.worker" in proc.cmdline():
+                    found.append(proc)
+            except psutil.NoSuchProcess:  # exited meanwhile
+                pass
+        return found
 
     def kill(self) -> None:
         """kill -9 the server (its workers notice their parent is gone and exit)."""

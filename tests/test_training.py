@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
 
 from llama_stack_scalarlm.client import ScalarLMClient
@@ -152,18 +151,7 @@ def test_next_full_finetune_takes_the_spare_engine_and_evicted_jobs_come_back(st
 
     answers = [ask(stack, f"scalarlm/{older}", q) for q, _ in FACTS]
     assert sum(a in b.lower() for (_, a), b in zip(FACTS, answers, strict=True)) >= 3, answers
-    assert len(engine_workers(stack)) <= 1 + 2, "one base worker and a pool of two full fine-tune engines"
-
-
-def engine_workers(stack) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.Process(stack.proc.pid).children(recursive=True):
-        try:
-            if "llama_stack_scalarlm.engine.worker" in proc.cmdline():
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+    assert len(stack.worker_processes()) <= 1 + 2, "one base worker and a pool of two full fine-tune engines"
 
 
 @pytest.mark.parametrize("change, field", [
