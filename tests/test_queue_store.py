@@ -73,3 +73,14 @@ def test_unfetched_results_expire(tmp_path):
     time.sleep(0.02)
     assert store.purge_results(older_than_s=0.01) == 1
     assert store.status([rid])[0].state == "unknown"
+
+
+def test_a_worker_silent_for_a_lease_period_leaves_the_live_list(tmp_path):
+    from llama_stack_scalarlm.queue.service import QueueService
+
+    queue = QueueService(RequestStore(tmp_path / "q.sqlite"), lease_s=0.5, result_ttl_s=60)
+    queue.heartbeat("stopped")
+    queue.heartbeat("running")
+    time.sleep(2.1)  # past the lease period and the maintenance interval
+    queue.heartbeat("running")
+    assert set(queue.stats().workers) == {"running"}

@@ -124,7 +124,9 @@ class WorkerSupervisor:
     def _spawn(self, slot: str, model: str, generation: int, url: str) -> _Worker:
         worker_id = f"{socket.gethostname()}-{slot}-{generation}"
         self.config.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path: Path = self.config.logs_dir / f"worker-{slot}.log"
+        # A spare goes on as some job's engine: its own log, not one shared with the spares after it.
+        name = f"{slot}-{generation}" if slot == SPARE else slot
+        log_path: Path = self.config.logs_dir / f"worker-{name}.log"
         env = {**os.environ, **self.config.to_env()}
         cmd = [sys.executable, "-m", "llama_stack_scalarlm.engine.worker", "--server-url", url, "--model", model,
                "--worker-id", worker_id, "--parent-pid", str(os.getpid())]

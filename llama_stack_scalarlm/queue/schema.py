@@ -84,4 +84,6 @@ class QueueStats(BaseModel):
     queued: int
     leased: int
     done: int
-    workers: dict[str, float] = Field(default_factory=dict, description="worker id -> seconds since last seen")
+    workers: dict[str, float] = Field(
+        default_factory=dict, description="workers heard from within the lease timeout: id -> seconds ago"
+    )

@@ -153,6 +153,8 @@ class QueueService:
         if self.store.release_expired():
             self._work.fire()
         self.store.purge_results(self.result_ttl_s)
+        gone = time.time() - self.lease_s  # silent for a lease period: its leases are back in the queue
+        self._workers_seen = {w: seen for w, seen in self._workers_seen.items() if seen >= gone}
 
 
 class _Signal:
