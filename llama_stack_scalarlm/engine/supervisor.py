@@ -30,7 +30,9 @@ from .pool import EnginePlan, FullFinetune, plan_engines
 log = logging.getLogger(__name__)
 
 _CHECK_S = 0.5
-_RESTART_BACKOFF_S = 2.0
+_RESTART_BACKOFF_S = 2.0  # doubled at each exit in a row, up to _MAX_BACKOFF_S
+_MAX_BACKOFF_S = 60.0
+_STABLE_S = 60.0  # a worker that ran this long before it exited is restarted at the first backoff
 SPARE = "spare"
 
 
@@ -39,6 +41,9 @@ class _Worker:
     proc: subprocess.Popen
     worker_id: str
     model: str  # what it serves; a spare's base model until it is handed a job
+    started: float
+    exits: int = 0  # quick exits in a row in this slot so far (each less than _STABLE_S after a start)
+    restart_at: float | None = None  # once it has exited: when its slot gets a new process
 
 
 class WorkerSupervisor:
@@ -80,14 +85,26 @@ class WorkerSupervisor:
                 worker = self._workers.get(slot)
                 if worker is not None and worker.proc.poll() is None:
                     continue
+                exits = 0
                 if worker is not None:
-                    log.warning("worker %s exited with %s; restarting", worker.worker_id, worker.proc.returncode)
-                    _kill_group(worker.proc.pid)  # the engine core processes it spawned
-                    self.store.release_worker(worker.worker_id)  # its leases go back now, not at expiry
-                    time.sleep(_RESTART_BACKOFF_S)
+                    if worker.restart_at is None:
+                        worker = self._workers[slot] = self._exited(worker)
+                    if time.monotonic() < worker.restart_at:
+                        continue
+                    exits = worker.exits
                 generation += 1
-                self._workers[slot] = self._spawn(slot, model, generation, url)
+                self._workers[slot] = self._spawn(slot, model, generation, url, exits)
             self._stop.wait(_CHECK_S)
+
+    def _exited(self, worker: _Worker) -> _Worker:
+        """Its leases go back at once, and its slot waits longer after each quick exit in a row (an
+        engine that cannot start, e.g. out of memory, would otherwise restart every few seconds)."""
+        _kill_group(worker.proc.pid)  # the engine core processes it spawned
+        self.store.release_worker(worker.worker_id)  # its leases go back now, not at expiry
+        quick = time.monotonic() - worker.started < _STABLE_S
+        delay = min(_RESTART_BACKOFF_S * 2 ** (worker.exits if quick else 0), _MAX_BACKOFF_S)
+        log.warning("worker %s exited with %s; restarting in %.0f s", worker.worker_id, worker.proc.returncode, delay)
+        return replace(worker, exits=worker.exits + 1 if quick else 0, restart_at=time.monotonic() + delay)
 
     def _plan(self) -> EnginePlan:
         now = time.time()
@@ -121,7 +138,7 @@ class WorkerSupervisor:
         _stop_all([worker.proc])
         self.store.release_worker(worker.worker_id)
 
-    def _spawn(self, slot: str, model: str, generation: int, url: str) -> _Worker:
+    def _spawn(self, slot: str, model: str, generation: int, url: str, exits: int) -> _Worker:
         worker_id = f"{socket.gethostname()}-{slot}-{generation}"
         self.config.logs_dir.mkdir(parents=True, exist_ok=True)
         # A spare goes on as some job's engine: its own log, not one shared with the spares after it.
@@ -136,7 +153,7 @@ class WorkerSupervisor:
             proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                                     stdin=subprocess.PIPE if slot == SPARE else subprocess.DEVNULL)
         log.info("worker %s (pid %d) serving %s, log %s", worker_id, proc.pid, model, log_path)
-        return _Worker(proc, worker_id, model)
+        return _Worker(proc, worker_id, model, time.monotonic(), exits)
 
     def _discover_own_url(self) -> str | None:
         """The port uvicorn listens on (``--port`` wins over the run config, so ask the socket)."""
