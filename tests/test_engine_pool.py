@@ -28,6 +28,13 @@ def test_a_job_with_requests_waiting_outranks_the_spare_and_idle_jobs():
     assert list(plan.jobs) == ["job-a"] and plan.spare == "tiny"
 
 
+def test_requests_waiting_outrank_engines_standing_by_for_training_jobs():
+    jobs = [job("job-asked", 1), job("job-queued", 2, training=True, trained=False),
+            job("job-training", 3, training=True, trained=True)]
+    plan = plan_engines(jobs, {"job-asked"}, {}, limit=2, spare=True)
+    assert list(plan.jobs) == ["job-asked", "job-training"] and plan.spare is None
+
+
 def test_idle_jobs_keep_engines_most_recently_used_first():
     jobs = [job("job-a", 1), job("job-b", 2), job("job-c", 3)]
     plan = plan_engines(jobs, set(), {"job-a": 100.0}, limit=3, spare=True)

@@ -4,8 +4,8 @@ A full fine-tune needs a vLLM engine of its own, and an engine takes ~15-30 s to
 longer than a job takes to write its first checkpoint. So engines are kept where they will be
 needed, within ``engine.full_finetune_engines``, in this order:
 
-1. jobs queued or training (their checkpoints are about to be served), newest first;
-2. trained jobs with requests queued or running, which otherwise wait for an engine;
+1. trained jobs with requests queued or running, which otherwise wait for an engine, oldest first;
+2. jobs queued or training (their engines stand by for the checkpoints to come), newest first;
 3. one spare engine on the base model of the newest full fine-tune (or, before there is one,
    ``spare_fallback``), standing by to become the next job's engine in a second (a new job, or a
    trained one asked for again);
@@ -38,12 +38,11 @@ class EnginePlan:
 
 def plan_engines(jobs: list[FullFinetune], active: set[str], last_used: dict[str, float], limit: int,
                  spare: bool, spare_fallback: str | None = None) -> EnginePlan:
-    training = sorted((j for j in jobs if j.training), key=lambda j: j.created, reverse=True)
-    servable = [j for j in jobs if j.trained and not j.training]
-    waiting = sorted((j for j in servable if j.job_id in active), key=lambda j: j.created)
-    idle = sorted((j for j in servable if j.job_id not in active),
+    wanted = sorted((j for j in jobs if j.trained and j.job_id in active), key=lambda j: j.created)
+    training = sorted((j for j in jobs if j.training and j not in wanted), key=lambda j: j.created, reverse=True)
+    idle = sorted((j for j in jobs if j.trained and not j.training and j not in wanted),
                   key=lambda j: max(last_used.get(j.job_id, 0.0), j.updated), reverse=True)
-    chosen = (training + waiting)[:limit]
+    chosen = (wanted + training)[:limit]
     plan = EnginePlan()
     if spare and len(chosen) < limit:
         plan.spare = max(jobs, key=lambda j: j.created).base_model if jobs else spare_fallback
