@@ -1,5 +1,7 @@
-"""Nothing queued is lost: kill -9 a worker or its engine mid-batch, kill -9 the server with queued work."""
+"""Nothing queued is lost: kill -9 a worker or its engine mid-batch, kill -9 the server with queued work;
+and a worker that cannot start is restarted ever more slowly."""
 
+import re
 import subprocess
 import sys
 import time
@@ -80,3 +82,16 @@ def test_killed_server_loses_no_queued_request(tmp_path, tiny_model):
         worker.terminate()
         worker.wait(timeout=60)
         second.stop()
+
+
+def test_a_worker_that_cannot_start_is_retried_less_and_less_often(tmp_path):
+    server = StackServer(tmp_path, served_models=["no-such-model"], workers=1).start()
+    try:
+        log = tmp_path / "server.log"
+        deadline = time.time() + 120
+        while "restarting in 8 s" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.5)
+        delays = [int(d) for d in re.findall(r"exited with \S+; restarting in (\d+) s", log.read_text())]
+        assert delays[:3] == [2, 4, 8], delays
+    finally:
+        server.stop()
