@@ -7,6 +7,8 @@ the base weights; its checkpoints are swapped in by weight reloads), which may n
 first checkpoint lands. From then on a spare engine stands by on that base model, and the next
 full fine-tune takes it. Both are timed. Baseline in the same run: one request to the base model,
 end to end.
+Usage: python bench/hot_pickup_bench.py [after_first|always]  (engine.spare_engine; with `always`
+the spare is up from the start and the first full fine-tune takes it too).
 Starts its own SLURM cluster and `llama stack run` (tiny model).
 """
 
@@ -29,6 +31,7 @@ from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from tests.stack import ROOT, StackServer  # noqa: E402
 
 TINY = "tiny-llama"
+SPARE = sys.argv[1] if len(sys.argv) > 1 else "after_first"  # engine.spare_engine: after_first or always
 
 
 def answer(url: str, model: str) -> bool:
@@ -53,13 +56,19 @@ def served_after_checkpoint(client: ScalarLMClient, url: str, job: str) -> tuple
     return time.time() - published, published - submitted
 
 
+def wait_for_spare(client: ScalarLMClient) -> None:
+    while not any("-spare-" in worker for worker in client.queue_stats().workers):
+        time.sleep(0.5)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         env = {**os.environ, "SCALARLM_STATE_DIR": str(state)}
         cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
         subprocess.run([*cluster, "start"], env=env, check=True, capture_output=True)
-        server = StackServer(state, served_models=[TINY], workers=1).start(wait_for_workers=1, timeout_s=600)
+        server = StackServer(state, served_models=[TINY], workers=1, engine={"spare_engine": SPARE})
+        server.start(wait_for_workers=1, timeout_s=600)
         try:
             client = ScalarLMClient(server.url)
             data = state / "data.jsonl"
@@ -73,11 +82,12 @@ def main() -> None:
             lora_job = client.train(TINY, sha, steps=400, lora=True, checkpoint_every=50, learning_rate=1e-3)
             lora = served_after_checkpoint(client, server.url, lora_job)
             client.follow(lora_job)
+            if SPARE == "always":
+                wait_for_spare(client)
             first_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3)
             first = served_after_checkpoint(client, server.url, first_job)
             client.follow(first_job)
-            while not any("-spare-" in worker for worker in client.queue_stats().workers):
-                time.sleep(0.5)
+            wait_for_spare(client)
             next_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3, seed=1)
             following = served_after_checkpoint(client, server.url, next_job)
             client.follow(next_job)
@@ -85,9 +95,10 @@ def main() -> None:
             server.stop()
             subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
     request = statistics.median(base)
-    print("checkpoint-to-served latency, tiny model, CPU:")
+    print(f"checkpoint-to-served latency, tiny model, CPU, spare_engine={SPARE}:")
     print(f"  base-model request (baseline)          : {request:7.3f} s")
-    for name, (served, after) in (("LoRA job", lora), ("first full fine-tune (engine at submission)", first),
+    first_name = f"first full fine-tune ({'spare' if SPARE == 'always' else 'engine at submission'})"
+    for name, (served, after) in (("LoRA job", lora), (first_name, first),
                                   ("next full fine-tune (spare engine)", following)):
         print(f"  {name:43}: first checkpoint -> answered {served:7.3f} s ({served / request:6.1f}x a request; "
               f"goal < 10 s); it came {after:5.1f} s after submission")
