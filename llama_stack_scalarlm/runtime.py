@@ -88,14 +88,17 @@ class ServerRuntime:
         if time.monotonic() - stamp > _MODELS_TTL_S:
             trained, full = {}, []
             for job_id in self.jobs.job_ids():
-                if (latest := self.jobs.latest_checkpoint(job_id)) is not None:
-                    trained[job_id] = (Path(latest.path).stat().st_mtime, latest.kind)
-                if (base := self._base_of_full(job_id)) is None:
+                base = self._base_of_full(job_id)
+                # A full fine-tune's status is read anyway, and it lists the checkpoints: one scan per job.
+                status = None if base is None else self.jobs.status(job_id)
+                checkpoints = self.jobs.checkpoints(job_id) if status is None else status.checkpoints
+                if checkpoints:
+                    trained[job_id] = (Path(checkpoints[-1].path).stat().st_mtime, checkpoints[-1].kind)
+                if status is None:
                     continue
-                status = self.jobs.status(job_id)
                 training = status.state in ("QUEUED", "TRAINING")
-                if training or latest is not None:
-                    full.append(FullFinetune(job_id, base, status.created, status.updated, training, latest is not None))
+                if training or checkpoints:
+                    full.append(FullFinetune(job_id, base, status.created, status.updated, training, bool(checkpoints)))
             self._job_scan = (time.monotonic(), trained, full)
         return trained, full
 

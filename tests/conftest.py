@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,16 @@ TINY = "tiny-llama"
 SMOL = "SmolLM2-135M-Instruct"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """The tiny model's Hugging Face directory, built locally, for tests that run the trainer directly."""
+    from llama_stack_scalarlm.models.builtin import build_tiny_llama
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(out)
+    return out
 
 
 @pytest.fixture(scope="session")

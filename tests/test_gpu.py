@@ -7,7 +7,6 @@ runs on as many GPUs as the machine has (up to 2), the way a SLURM job with ``gp
 from __future__ import annotations
 
 import importlib.metadata
-from pathlib import Path
 
 import pytest
 
@@ -23,15 +22,6 @@ def _gpus() -> int:
 
 
 pytestmark = pytest.mark.skipif(_gpus() == 0, reason="no CUDA GPU on this machine: GPU paths run where there is one")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from llama_stack_scalarlm.models.builtin import build_tiny_llama
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_llama(out)
-    return out
 
 
 @pytest.mark.parametrize("backend", ["fsdp", "ddp", "megatron"])

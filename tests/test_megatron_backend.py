@@ -28,15 +28,6 @@ SFT = dict(steps=40, learning_rate=4e-3, warmup_steps=5, batch_size=4, checkpoin
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from llama_stack_scalarlm.models.builtin import build_tiny_llama
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_llama(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tiny_gqa(tiny, tmp_path_factory) -> Path:
     """A random variant: grouped-query attention (4 heads, 2 KV heads), untied LM head, llama3 RoPE scaling."""
     import torch

@@ -39,15 +39,6 @@ SFT = dict(steps=80, learning_rate=4e-3, warmup_steps=5, batch_size=4, checkpoin
 # ------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from llama_stack_scalarlm.models.builtin import build_tiny_llama
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_llama(out)
-    return out
-
-
 def make_job(job_dir: Path, model: Path, rows: list[dict], **hyperparameters) -> Path:
     job_dir.mkdir(parents=True)
     (job_dir / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

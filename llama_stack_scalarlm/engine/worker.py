@@ -170,10 +170,7 @@ async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker
     from .core import EngineCore, configure_vllm_environment
 
     configure_vllm_environment(config)
-    if spare:
-        path = ensure_model(ModelStore(config.models_dir), model)
-        core = EngineCore(config, model, path, serve_adapters=False, standby=True)
-    elif model.startswith(JOB_PREFIX):  # a full fine-tune: its newest checkpoint, reloaded as new ones land
+    if model.startswith(JOB_PREFIX):  # a full fine-tune: its newest checkpoint, reloaded as new ones land
         registry = JobRegistry(config.jobs_dir)
         latest = registry.latest_checkpoint(model)
         if latest is None:  # stand by on the base weights until the first checkpoint lands
@@ -181,8 +178,9 @@ async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker
         else:
             path, standby = Path(latest.path), False
         core = EngineCore(config, model, path, serve_adapters=False, standby=standby)
-    else:
-        core = EngineCore(config, model, ensure_model(ModelStore(config.models_dir), model))
+    else:  # a base model; a spare holds it without adapters until it is handed a job
+        path = ensure_model(ModelStore(config.models_dir), model)
+        core = EngineCore(config, model, path, serve_adapters=not spare, standby=spare)
     gateway = WorkerGateway(server_url, worker_id)
     log.info("worker %s serving %s from %s for %s", worker_id, model, core.model_path, server_url)
     try:
