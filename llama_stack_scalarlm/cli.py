@@ -10,8 +10,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .client import ScalarLMClient
+from .client import ScalarLMClient, api_key_from_env
 from .registry.schema import TERMINAL_STATES, JobStatus
+
+
+def _client(args: argparse.Namespace, **kwargs) -> ScalarLMClient:
+    return ScalarLMClient(args.url, api_key=args.api_key, **kwargs)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -23,7 +27,7 @@ def _generate(args: argparse.Namespace) -> int:
     if not prompts:
         print("scalarlm generate: give prompts as arguments or with --file", file=sys.stderr)
         return 2
-    client = ScalarLMClient(args.url)
+    client = _client(args)
     with tqdm(total=len(prompts), desc="generate", unit="req", disable=args.quiet) as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
@@ -39,7 +43,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    client = ScalarLMClient(args.url)
+    client = _client(args)
     path = Path(args.dataset)
     with tqdm(total=path.stat().st_size, desc="upload", unit="B", unit_scale=True, disable=args.quiet) as bar:
         sha256 = client.upload(path, progress=lambda done, total: bar.update(done - bar.n))
@@ -64,7 +68,7 @@ def _follow(client: ScalarLMClient, job_id: str, quiet: bool = False) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    for status in ScalarLMClient(args.url).jobs():
+    for status in _client(args).jobs():
         loss = f"{status.loss_history[-1].loss:.4f}" if status.loss_history else "-"
         print(f"{status.job_id}  {status.state:<9}  step {status.step}/{status.total_steps}  loss {loss}  "
               f"checkpoints {len(status.checkpoints)}")
@@ -72,7 +76,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    client = ScalarLMClient(args.url)
+    client = _client(args)
     offset = 0
     while True:
         chunk = client.log(args.job, offset)
@@ -91,7 +95,7 @@ def _plot(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    client = ScalarLMClient(args.url)
+    client = _client(args)
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for job in args.job:
         history = client.job(job).loss_history
@@ -108,13 +112,13 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _squeue(args: argparse.Namespace) -> int:
     print(f"{'JOBID':>8}  {'NAME':<34} {'STATE':<10} {'TIME':>10} {'NODES':>5}  NODELIST(REASON)")
-    for e in ScalarLMClient(args.url).squeue():
+    for e in _client(args).squeue():
         print(f"{e.job_id:>8}  {e.name:<34} {e.state:<10} {e.elapsed:>10} {e.nodes:>5}  {e.where}")
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    ScalarLMClient(args.url).cancel(args.job)
+    _client(args).cancel(args.job)
     print(f"{args.job}: cancelled")
     return 0
 
@@ -127,15 +131,52 @@ def _setting(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _token(args: argparse.Namespace) -> int:
+    """Tokens live in the state root, not behind the server: run this where the state root is."""
+    import getpass
+
+    from .auth.tokens import TokenStore
+    from .config import ScalarLMConfig
+    from .errors import InvalidFieldError
+
+    store = TokenStore(ScalarLMConfig.load().state_dir)
+    if args.action == "create":
+        try:
+            print(store.create(args.name or getpass.getuser()))
+        except InvalidFieldError as exc:
+            print(f"scalarlm token create: {exc}", file=sys.stderr)
+            return 2
+    elif args.action == "revoke":
+        if not store.revoke(args.name):
+            print(f"scalarlm token revoke: no token named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"{args.name}: revoked")
+    else:
+        for name, created in sorted(store.names().items()):
+            print(f"{name}  created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))}")
+    return 0
+
+
 def _queue(args: argparse.Namespace) -> int:
-    print(ScalarLMClient(args.url).queue_stats().model_dump_json(indent=2))
+    print(_client(args).queue_stats().model_dump_json(indent=2))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scalarlm", description="ScalarLM: inference and training on one cluster")
     parser.add_argument("--url", default="http://127.0.0.1:8321", help="the distribution's address")
+    parser.add_argument("--api-key", default=api_key_from_env(),
+                        help="a token from `scalarlm token create` (default: $SCALARLM_API_KEY or $LLAMA_STACK_CLIENT_API_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token", help="mint, revoke or list user tokens (run where the state root is)")
+    token_sub = token.add_subparsers(dest="action", required=True)
+    create = token_sub.add_parser("create", help="print a new token")
+    create.add_argument("--name", help="who it is for (default: your user name)")
+    revoke = token_sub.add_parser("revoke", help="revoke a token: refused from the next request on")
+    revoke.add_argument("name")
+    token_sub.add_parser("list", help="names that have a token")
+    token.set_defaults(func=_token)
 
     gen = sub.add_parser("generate", help="bulk generation: submit many prompts, poll with a progress bar")
     gen.add_argument("prompt", nargs="*", help="prompts (or use --file)")

@@ -1,4 +1,8 @@
-"""A small HTTP client for ScalarLM's own routes (bulk generation), for scripts and the CLI."""
+"""A small HTTP client for ScalarLM's own routes (bulk generation, training), for scripts and the CLI.
+
+It authenticates the usual way: ``api_key=``, else ``SCALARLM_API_KEY``, else
+``LLAMA_STACK_CLIENT_API_KEY`` (a token from ``scalarlm token create``).
+"""
 
 from __future__ import annotations
 
@@ -24,23 +28,45 @@ _LONG_POLL_S = 10.0
 _TRAINING = "/v1alpha/post-training"
 
 
-class ScalarLMClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8321", timeout_s: float = 120.0):
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+def api_key_from_env() -> str | None:
+    return os.environ.get("SCALARLM_API_KEY") or os.environ.get("LLAMA_STACK_CLIENT_API_KEY")
 
-    def submit(self, model: str, prompts: Sequence[str | list[dict]], **sampling) -> list[int]:
+
+class ScalarLMClient:
+    def __init__(self, base_url: str = "http://127.0.0.1:8321", timeout_s: float = 120.0, api_key: str | None = None):
+        api_key = api_key or api_key_from_env()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
+        self._received: list[str] = []  # results handed to the caller, acknowledged with the next call
+
+    def submit(self, model: str, prompts: Sequence[str | list[dict]], **sampling) -> list[str]:
         """Queue prompts (in batches of 5,000 per call); returns one request id per prompt."""
-        ids: list[int] = []
+        ids: list[str] = []
         for start in range(0, len(prompts), _BATCH):
             body = BulkGenerateRequest(model=model, prompts=list(prompts[start : start + _BATCH]), **sampling)
             response = self._post("/v1/scalarlm/generate", body.model_dump(mode="json", exclude_none=True))
             ids.extend(BulkGenerateResponse.model_validate(response).request_ids)
         return ids
 
-    def poll(self, ids: Sequence[int], wait_s: float = 0.0) -> dict[int, GenerationResult]:
-        """Results finished since the last poll (each is handed over once). ``wait_s`` makes it a long
-        poll on the oldest ids (the queue serves them first): it returns once some have finished."""
+    def poll(self, ids: Sequence[str], wait_s: float = 0.0) -> dict[str, GenerationResult]:
+        """Finished results among ``ids``. What one call returns is acknowledged (deleted on the server)
+        by the next call, or by :meth:`ack`: a response lost on the way is handed over again. ``wait_s``
+        makes it a long poll on the oldest ids (the queue serves them first)."""
         return {s.id: s.result for s in self._statuses(ids, wait_s) if s.result is not None}
+
+    def ack(self) -> None:
+        """Acknowledge what the last calls returned (the server deletes those results)."""
+        while self._received:
+            batch, self._received = self._received[:_BATCH], self._received[_BATCH:]
+            self._post("/v1/scalarlm/generate/results", {"request_ids": batch, "ack": batch})
+
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        """Stop requests (never generated if still queued) or delete their results."""
+        cancelled = []
+        for start in range(0, len(ids), _BATCH):
+            body = {"request_ids": list(ids[start : start + _BATCH])}
+            cancelled += self._post("/v1/scalarlm/generate/cancel", body)["cancelled"]
+        return cancelled
 
     def generate(
         self,
@@ -51,27 +77,33 @@ class ScalarLMClient:
     ) -> list[GenerationResult]:
         """Submit in bulk, long-poll until every result is in; results in prompt order."""
         ids = self.submit(model, prompts, **sampling)
-        results: dict[int, GenerationResult] = {}
+        results: dict[str, GenerationResult] = {}
         while len(results) < len(ids):
             for status in self._statuses([i for i in ids if i not in results], _LONG_POLL_S):
                 if status.result is not None:
                     results[status.id] = status.result
                 elif status.state == "unknown":
-                    raise KeyError(f"request {status.id} is gone: its result was fetched elsewhere or expired")
+                    raise KeyError(f"request {status.id} is gone: cancelled, acknowledged elsewhere, or expired")
             if progress:
                 progress(len(results), len(ids))
+        self.ack()
         return [results[i] for i in ids]
 
-    def _statuses(self, ids: Sequence[int], wait_s: float) -> list[RequestStatus]:
+    def _statuses(self, ids: Sequence[str], wait_s: float) -> list[RequestStatus]:
+        """Statuses of ``ids``; each call acknowledges the results the previous ones returned."""
         statuses = []
         for start in range(0, len(ids), _BATCH):
-            body = {"request_ids": list(ids[start : start + _BATCH]), "wait_s": wait_s if start == 0 else 0.0}
-            statuses += BulkResultsResponse.model_validate(self._post("/v1/scalarlm/generate/results", body)).results
+            ack, self._received = self._received[:_BATCH], self._received[_BATCH:]
+            body = {"request_ids": list(ids[start : start + _BATCH]), "wait_s": wait_s if start == 0 else 0.0,
+                    "ack": ack}
+            batch = BulkResultsResponse.model_validate(self._post("/v1/scalarlm/generate/results", body)).results
+            self._received += [s.id for s in batch if s.result is not None]
+            statuses += batch
         return statuses
 
     def queue_stats(self) -> QueueStats:
         response = self._http.get("/v1/scalarlm/queue")
-        response.raise_for_status()
+        _raise(response)
         return QueueStats.model_validate(response.json())
 
     # -- training -----------------------------------------------------------------------------

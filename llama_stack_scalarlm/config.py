@@ -50,9 +50,13 @@ class Limits(BaseModel):
     max_prompt_chars: int = Field(1_000_000, ge=1, description="characters in one prompt or message list")
     max_n: int = Field(16, ge=1, description="largest `n` (choices per request)")
     max_temperature: float = Field(10.0, gt=0)
+    max_list: int = Field(1024, ge=1, description="items in a list a request carries: stop strings, a worker's models")
+    max_request_bytes: int = Field(256 * 2**20, ge=1024, description="a JSON request body (413 beyond it)")
+    max_dataset_line_bytes: int = Field(16 * 2**20, ge=1024, description="one line of a training dataset")
     max_upload_bytes: int = Field(10 * 2**30, ge=1, description="largest dataset upload")
     upload_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="an upload no byte reached for this long is removed")
-    result_ttl_s: float = Field(24 * 3600, gt=0, description="how long unfetched results are kept")
+    result_ttl_s: float = Field(24 * 3600, gt=0, description="how long results nobody acknowledged are kept")
+    unserved_s: float = Field(900, gt=0, description="queued requests for a model no engine asked for in this long fail")
     request_timeout_s: float = Field(600, gt=0, description="how long a waiting client call waits for its result")
 
 
@@ -66,6 +70,10 @@ class ScalarLMConfig(BaseModel):
     workers: int = Field(1, ge=0, description="engine workers the server starts and restarts itself (dev mode)")
     server_url: str | None = Field(None, description="URL workers use to reach the server; None = discover own port")
     lease_timeout_s: float = Field(30.0, gt=0, description="a lease not renewed for this long goes back to the queue")
+    progress_timeout_s: float = Field(
+        120.0, gt=0, description="a worker whose engine makes no step for this long loses its leases (a hung engine)"
+    )
+    max_attempts: int = Field(3, ge=1, description="leases of one request before it fails instead of being retried")
     queue_fsync: bool = Field(False, description="fsync every commit (survives power loss, not only crashes)")
 
     @property

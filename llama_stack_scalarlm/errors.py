@@ -46,6 +46,8 @@ class UnknownUploadError(_NotFound):
 
 
 class RequestFailedError(RuntimeError):
-    """The engine failed on a request for a reason other than its input."""
+    """The engine (or the queue) failed a request for a reason other than its input: a 5xx."""
 
-    status_code = 500
+    def __init__(self, message: str, status_code: int = 500):
+        super().__init__(message)
+        self.status_code = status_code

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import InvalidFieldError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would accept a trailing newline
 
 
 class UnsafeNameError(InvalidFieldError):
@@ -15,7 +15,7 @@ class UnsafeNameError(InvalidFieldError):
 
 
 def check_name(name: str, field: str = "name") -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise UnsafeNameError(field, f"{name!r} is not a valid name (letters, digits, '.', '_', '-'; no paths)")
     return name
 

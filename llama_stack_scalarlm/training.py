@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _SLURM_LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING",
                "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED"}
 _STOP_TIMEOUT_S = 90.0
+_PENDING_S = 5.0
 _SLURM_FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
@@ -50,6 +52,22 @@ class TrainingService:
         self.uploads = UploadStore(config.uploads_dir, config.limits.max_upload_bytes, config.limits.upload_ttl_s)
         self.models = ModelStore(config.models_dir)
         self.slurm = slurm or Slurm()
+        self._stop = threading.Event()
+
+    def start_background(self) -> None:
+        """The thread that submits jobs recorded while SLURM was down, once it answers again."""
+        threading.Thread(target=self._submit_pending_loop, name="scalarlm-pending", daemon=True).start()
+
+    def stop_background(self) -> None:
+        self._stop.set()
+
+    def _submit_pending_loop(self) -> None:
+        while not self._stop.wait(_PENDING_S):
+            try:
+                if sent := self.submit_pending():
+                    log.info("submitted %d job(s) recorded while SLURM was down", sent)
+            except Exception:
+                log.exception("submitting pending jobs failed")
 
     def submit(self, base_model: str, dataset_sha256: str, hyperparameters: Hyperparameters) -> JobStatus:
         """The job's status; the same job submitted twice is the same job, trained once."""

@@ -26,16 +26,29 @@ def free_port() -> int:
 
 
 class StackServer:
+    """``token``: a user token minted (as ``scalarlm token create`` does) in the server's state dir."""
+
     def __init__(self, state_dir: Path, **settings):
+        from llama_stack_scalarlm.auth.tokens import TokenStore
+
         self.state_dir = state_dir
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        kept = state_dir / "tester.token"  # a server restarted on the same state dir: the same user
+        if kept.exists():
+            self.token = kept.read_text()
+        else:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self.token = TokenStore(state_dir).create("tester")
+            kept.write_text(self.token)
+        self.headers = {"Authorization": f"Bearer {self.token}"}
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCALARLM_")}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", SCALARLM_STATE_DIR=str(self.state_dir))
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", SCALARLM_STATE_DIR=str(self.state_dir),
+                   LLAMA_STACK_PORT=str(self.port))
         for key, value in self.settings.items():
             env[f"SCALARLM_{key.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         return env
@@ -62,7 +75,7 @@ class StackServer:
         raise TimeoutError(f"server not ready within {timeout_s} s; see {self.state_dir}")
 
     def live_workers(self) -> dict[str, float]:
-        stats = httpx.get(f"{self.url}/v1/scalarlm/queue", timeout=5).json()
+        stats = httpx.get(f"{self.url}/v1/scalarlm/queue", headers=self.headers, timeout=5).json()
         return {w: age for w, age in stats["workers"].items() if age < 15}
 
     def worker_processes(self) -> list[psutil.Process]:

@@ -32,8 +32,9 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query
-from llama_stack_api import Api, InlineProviderSpec
 from pydantic import BaseModel, Field
+
+from .bounded import bounded_route_class
 
 API_NAME = "post_training"
 PREFIX = "/v1alpha/post-training"
@@ -310,23 +311,13 @@ class PostTraining(Protocol):
         self, request: GetTrainingJobArtifactsRequest
     ) -> PostTrainingJobArtifactsResponse: ...
 
+    def request_body_limit(self) -> int:
+        """Largest request body accepted, in bytes (a 413 beyond it)."""
+        ...
 
-def available_providers() -> list[InlineProviderSpec]:
-    # Api.add is idempotent: it returns the member the stack's loader registered (or would register).
-    api = Api.add(API_NAME)
-    return [
-        InlineProviderSpec(
-            api=api,
-            provider_type="inline::scalarlm",
-            module="llama_stack_scalarlm.providers.post_training",
-            config_class="llama_stack_scalarlm.config.ScalarLMConfig",
-            api_dependencies=[Api.datasetio],
-            description=(
-                "ScalarLM training: supervised fine-tuning (full or LoRA) and preference optimization as "
-                "jobs on the cluster that serves the models; trained weights are served without a restart."
-            ),
-        )
-    ]
+
+def available_providers() -> list:
+    return []  # declared by the run config's `module: llama_stack_scalarlm.providers.post_training`
 
 
 _JOB_UUID_PATH = Path(..., description="Id of the job.")
@@ -339,7 +330,8 @@ def create_router(impl: PostTraining) -> APIRouter:
     ``impl`` is only used when a request arrives (the stack also builds routers with ``impl=None`` to
     list routes).
     """
-    router = APIRouter(prefix=PREFIX, tags=["Post Training"])
+    router = APIRouter(prefix=PREFIX, tags=["Post Training"],
+                       route_class=bounded_route_class(lambda: impl.request_body_limit()))
 
     @router.post(
         "/supervised-fine-tune",

@@ -1,28 +1,32 @@
-"""The ``scalarlm`` API: bulk generation for clients, and the work protocol for engine workers.
+"""The ``scalarlm`` API: bulk generation, uploads and training status for clients; the token check
+the stack's ``server.auth`` calls; and (``api.worker``) the engine workers' protocol.
 
 Loaded by Llama Stack from ``distributions/scalarlm/apis/scalarlm.yaml``; the stack calls
-``available_providers()`` and mounts ``create_router(impl)``.
+``available_providers()`` (the provider itself is declared by its run-config ``module:``) and
+mounts ``create_router(impl)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
-from fastapi import APIRouter, Query, Request
-from llama_stack_api import Api, InlineProviderSpec
+from fastapi import APIRouter, HTTPException, Query, Request
+from llama_stack_api.router_utils import PUBLIC_ROUTE_KEY
 from pydantic import BaseModel, Field
 
-from ..queue.schema import QueueStats, RequestStatus, WorkEvent, WorkItem
+from ..queue.schema import QueueStats, RequestId, RequestStatus
 from ..registry.schema import JobStatus
 from ..registry.uploads import UploadSession
 from ..slurm import QueueEntry
+from .bounded import bounded_route_class
+from .worker import WorkerProtocol, create_worker_router
 
 PREFIX = "/v1/scalarlm"
 
 
 class ChatMessage(BaseModel):
-    role: str = Field(..., pattern="^(system|user|assistant|tool|developer)$")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
 
 
@@ -30,45 +34,39 @@ class BulkGenerateRequest(BaseModel):
     """Many prompts, one call: each prompt is a string (completion) or a list of messages (chat)."""
 
     model: str
-    prompts: list[str | list[ChatMessage]] = Field(..., min_length=1)
+    prompts: list[str | list[ChatMessage]] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, description="None: the model's default")
     top_p: float | None = Field(None, gt=0, le=1, description="None: the model's default")
-    stop: list[str] = Field(default_factory=list)
+    stop: list[str] = Field(default_factory=list, description="at most limits.max_list strings")
     seed: int | None = None
 
 
 class BulkGenerateResponse(BaseModel):
-    request_ids: list[int]
+    request_ids: list[RequestId]
 
 
 class BulkResultsRequest(BaseModel):
-    request_ids: list[int] = Field(..., min_length=1, max_length=100_000)
+    request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
     wait_s: float = Field(0.0, ge=0, le=60, description="long poll: answer once any of them has finished, or after this long")
+    ack: list[RequestId] = Field(
+        default_factory=list,
+        description="ids whose results you received: deleted now. Results not acknowledged are handed over "
+        "again, until limits.result_ttl_s",
+    )
 
 
 class BulkResultsResponse(BaseModel):
     results: list[RequestStatus]
 
 
-class LeaseRequest(BaseModel):
-    worker_id: str = Field(..., min_length=1, max_length=200)
-    models: list[str] = Field(..., min_length=1)
-    capacity: int = Field(..., ge=1, le=100_000)
-    wait_s: float = Field(0.0, ge=0, le=60)
+class CancelRequest(BaseModel):
+    request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
 
 
-class LeaseResponse(BaseModel):
-    items: list[WorkItem]
-
-
-class ReportRequest(BaseModel):
-    worker_id: str = Field(..., min_length=1, max_length=200)
-    events: list[WorkEvent]
-
-
-class HeartbeatRequest(BaseModel):
-    worker_id: str = Field(..., min_length=1, max_length=200)
+class CancelResponse(BaseModel):
+    cancelled: list[RequestId] = Field(..., description="the ids that were yours and are gone now (never generated, "
+                                       "stopped, or their result deleted)")
 
 
 class UploadRequest(BaseModel):
@@ -81,14 +79,19 @@ class LogChunk(BaseModel):
     text: str
 
 
+class Principal(BaseModel):
+    """What the stack's ``custom`` auth provider expects back for a valid token."""
+
+    principal: str
+
+
 @runtime_checkable
-class ScalarLM(Protocol):
+class ScalarLM(WorkerProtocol, Protocol):
     async def generate(self, request: BulkGenerateRequest) -> BulkGenerateResponse: ...
     async def results(self, request: BulkResultsRequest) -> BulkResultsResponse: ...
+    async def cancel(self, request: CancelRequest) -> CancelResponse: ...
     async def queue_stats(self) -> QueueStats: ...
-    async def lease(self, request: LeaseRequest) -> LeaseResponse: ...
-    async def report(self, request: ReportRequest) -> None: ...
-    async def heartbeat(self, request: HeartbeatRequest) -> None: ...
+    async def validate_token(self, token: str) -> Principal | None: ...
     async def begin_upload(self, request: UploadRequest) -> UploadSession: ...
     async def upload_status(self, upload_id: str) -> UploadSession: ...
     async def append_upload(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession: ...
@@ -96,34 +99,49 @@ class ScalarLM(Protocol):
     async def training_job(self, job_id: str) -> JobStatus: ...
     async def training_log(self, job_id: str, offset: int) -> LogChunk: ...
     async def slurm_queue(self) -> list[QueueEntry]: ...
+    def request_body_limit(self) -> int: ...
 
 
-def available_providers() -> list[InlineProviderSpec]:
-    return [
-        InlineProviderSpec(
-            api=Api("scalarlm"),
-            provider_type="inline::scalarlm",
-            module="llama_stack_scalarlm.providers.bulk",
-            config_class="llama_stack_scalarlm.config.ScalarLMConfig",
-            description="ScalarLM's request queue: bulk generation and the engine workers' protocol.",
-        )
-    ]
+def available_providers() -> list:
+    return []  # declared by the run config's `module: llama_stack_scalarlm.providers.scalarlm`
 
 
 def create_router(impl: ScalarLM) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, tags=["scalarlm"])
+    """``impl`` is only used when a request arrives (the stack also builds routers with ``impl=None``
+    to list routes)."""
+    router = APIRouter(prefix=PREFIX, tags=["scalarlm"],
+                       route_class=bounded_route_class(lambda: impl.request_body_limit()))
 
     @router.post("/generate", response_model=BulkGenerateResponse, summary="Queue many prompts; returns ids at once")
     async def generate(request: BulkGenerateRequest) -> BulkGenerateResponse:
         return await impl.generate(request)
 
-    @router.post("/generate/results", response_model=BulkResultsResponse, summary="Poll results (handed over once)")
+    @router.post("/generate/results", response_model=BulkResultsResponse,
+                 summary="Poll results (kept until acknowledged)")
     async def results(request: BulkResultsRequest) -> BulkResultsResponse:
         return await impl.results(request)
+
+    @router.post("/generate/cancel", response_model=CancelResponse, summary="Cancel requests, or delete their results")
+    async def cancel(request: CancelRequest) -> CancelResponse:
+        return await impl.cancel(request)
 
     @router.get("/queue", response_model=QueueStats, summary="Queue depth and live workers")
     async def queue_stats() -> QueueStats:
         return await impl.queue_stats()
+
+    @router.post("/auth/validate", response_model=Principal, include_in_schema=False,
+                 openapi_extra={PUBLIC_ROUTE_KEY: True})
+    async def validate(request: Request) -> Principal:
+        """Called by the stack's ``custom`` auth provider with ``{api_key, request}``: 200 and the
+        principal for a valid token, 401 for anything else."""
+        try:
+            token = (await request.json())["api_key"]
+        except (ValueError, KeyError, TypeError):
+            token = None
+        principal = await impl.validate_token(token) if isinstance(token, str) else None
+        if principal is None:
+            raise HTTPException(401, "invalid or revoked token (scalarlm token create)")
+        return principal
 
     @router.post("/uploads", response_model=UploadSession, summary="Start an upload (or find the content stored)")
     async def begin_upload(request: UploadRequest) -> UploadSession:
@@ -132,10 +150,6 @@ def create_router(impl: ScalarLM) -> APIRouter:
     @router.get("/uploads/{upload_id}", response_model=UploadSession, summary="Where an upload stands (to resume)")
     async def upload_status(upload_id: str) -> UploadSession:
         return await impl.upload_status(upload_id)
-
-    @router.put("/uploads/{upload_id}", response_model=UploadSession, summary="Append raw bytes at `offset`")
-    async def append_upload(upload_id: str, request: Request, offset: int = Query(..., ge=0)) -> UploadSession:
-        return await impl.append_upload(upload_id, offset, request.stream())
 
     @router.post("/uploads/{upload_id}/complete", response_model=UploadSession, summary="Finish: hash checked, stored")
     async def finish_upload(upload_id: str) -> UploadSession:
@@ -153,18 +167,13 @@ def create_router(impl: ScalarLM) -> APIRouter:
     async def slurm_queue() -> list[QueueEntry]:
         return await impl.slurm_queue()
 
-    @router.post("/worker/lease", response_model=LeaseResponse, include_in_schema=False)
-    async def lease(request: LeaseRequest) -> LeaseResponse:
-        return await impl.lease(request)
+    streamed = APIRouter(prefix=PREFIX, tags=["scalarlm"])  # a streamed body: bounded by the upload's size
 
-    @router.post("/worker/events", include_in_schema=False)
-    async def report(request: ReportRequest) -> dict:
-        await impl.report(request)
-        return {}
+    @streamed.put("/uploads/{upload_id}", response_model=UploadSession, summary="Append raw bytes at `offset`")
+    async def append_upload(upload_id: str, request: Request, offset: int = Query(..., ge=0)) -> UploadSession:
+        return await impl.append_upload(upload_id, offset, request.stream())
 
-    @router.post("/worker/heartbeat", include_in_schema=False)
-    async def heartbeat(request: HeartbeatRequest) -> dict:
-        await impl.heartbeat(request)
-        return {}
-
-    return router
+    top = APIRouter()
+    for part in (router, streamed, create_worker_router(impl)):
+        top.include_router(part)
+    return top

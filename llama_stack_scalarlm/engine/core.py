@@ -18,7 +18,7 @@ from ..queue.schema import Choice, ChoiceDelta, GenerationRequest, GenerationRes
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[int, list[ChoiceDelta]], None]
+Emit = Callable[[list[ChoiceDelta]], None]
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n")
 
 
@@ -79,7 +79,13 @@ class EngineCore:
             disable_log_stats=True,
             distributed_executor_backend="uni" if _in_process_model(config) else None,
         )
-        self.engine = AsyncLLM.from_engine_args(args)
+        self._steps = _StepCounter()
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[self._steps.logger_factory()])
+
+    @property
+    def steps(self) -> int:
+        """Engine steps so far: it stands still only when the engine is idle or hung."""
+        return self._steps.count
 
     @property
     def capacity(self) -> int:
@@ -155,7 +161,7 @@ class EngineCore:
         )
 
     async def run(self, item: WorkItem, emit: Emit) -> GenerationResult:
-        """Generate ``item``; for streaming requests ``emit(id, deltas)`` is called as text arrives."""
+        """Generate ``item``; for streaming requests ``emit(deltas)`` is called as text arrives."""
         from vllm.inputs import TokensPrompt
 
         request = item.request
@@ -183,12 +189,37 @@ class EngineCore:
                 if request.stream and (c.text or c.finish_reason):
                     deltas.append(ChoiceDelta(index=c.index, text=c.text, finish_reason=_finish(c.finish_reason)))
             if deltas:
-                emit(item.id, deltas)
+                emit(deltas)
         choices = [
             Choice(index=i, text=texts[i], finish_reason=_finish(reasons[i]) or "stop", completion_tokens=tokens[i])
             for i in range(request.n)
         ]
         return GenerationResult(choices=choices, prompt_tokens=len(ids))
+
+
+class _StepCounter:
+    """Counts the engine's steps through vLLM's stat-logger interface (called once per step with
+    outputs): the worker's proof of progress for its leases."""
+
+    def __init__(self):
+        self.count = 0
+
+    def logger_factory(self):
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        counter = self
+
+        class StepLogger(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0):
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+                counter.count += 1
+
+            def log_engine_initialized(self):
+                pass
+
+        return StepLogger
 
 
 def _in_process_model(config: ScalarLMConfig) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from ..config import ScalarLMConfig
-from ..queue.store import RequestStore
+from ..queue.service import QueueService
 from .pool import EnginePlan, FullFinetune, plan_engines
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,9 @@ class _Worker:
 
 
 class WorkerSupervisor:
-    def __init__(self, config: ScalarLMConfig, store: RequestStore, full_finetunes: Callable[[], list[FullFinetune]]):
+    def __init__(self, config: ScalarLMConfig, queue: QueueService, full_finetunes: Callable[[], list[FullFinetune]]):
         self.config = config
-        self.store = store
+        self.queue = queue
         self.full_finetunes = full_finetunes
         self._stop = threading.Event()
         self._workers: dict[str, _Worker] = {}  # slot (w0.., a job id, or SPARE) -> its process
@@ -100,7 +100,7 @@ class WorkerSupervisor:
         """Its leases go back at once, and its slot waits longer after each quick exit in a row (an
         engine that cannot start, e.g. out of memory, would otherwise restart every few seconds)."""
         _kill_group(worker.proc.pid)  # the engine core processes it spawned
-        self.store.release_worker(worker.worker_id)  # its leases go back now, not at expiry
+        self.queue.forget_worker(worker.worker_id)  # its leases go back now, not at expiry
         quick = time.monotonic() - worker.started < _STABLE_S
         delay = min(_RESTART_BACKOFF_S * 2 ** (worker.exits if quick else 0), _MAX_BACKOFF_S)
         log.warning("worker %s exited with %s; restarting in %.0f s", worker.worker_id, worker.proc.returncode, delay)
@@ -108,7 +108,7 @@ class WorkerSupervisor:
 
     def _plan(self) -> EnginePlan:
         now = time.time()
-        active = self.store.active_models()
+        active = self.queue.store.active_models()
         self._last_used.update(dict.fromkeys(active, now))
         mode = self.config.engine.spare_engine
         fallback = self.config.models[0] if mode == "always" else None
@@ -136,7 +136,7 @@ class WorkerSupervisor:
     def _stop_worker(self, slot: str) -> None:
         worker = self._workers.pop(slot)
         _stop_all([worker.proc])
-        self.store.release_worker(worker.worker_id)
+        self.queue.forget_worker(worker.worker_id)
 
     def _spawn(self, slot: str, model: str, generation: int, url: str, exits: int) -> _Worker:
         worker_id = f"{socket.gethostname()}-{slot}-{generation}"

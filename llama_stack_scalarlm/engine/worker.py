@@ -4,7 +4,9 @@ A thin loop over the engine core: lease as many requests as there is free capaci
 ``lease_ahead`` waiting in vLLM, so a freed slot never waits for a lease round trip), run them
 concurrently in vLLM (its running batch stays full and never exceeds ``max_num_seqs``), and report
 deltas and results in batches. A result is dropped from the outbox only once the server has stored it; if
-this process dies, its leases expire and go to another worker.
+this process dies, its leases expire and go to another worker. The heartbeat tells the server how far
+the engine has stepped (a hung engine loses its leases) and which requests it runs; the server
+answers with those to stop (their callers gave up, or they are leased elsewhere now).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import psutil
 
+from ..auth.worker import read_worker_credential
 from ..config import ScalarLMConfig
 from ..models.store import ModelStore
 from ..registry.jobs import JOB_PREFIX, JobRegistry
@@ -34,6 +38,7 @@ _IDLE_WAIT_S = 2.0
 _BUSY_WAIT_S = 0.2
 _RETRY_S = 1.0
 _CHECKPOINT_SCAN_S = 1.0
+_HEARTBEAT_S = 2.0  # also how soon a cancelled request stops generating
 
 
 class Worker:
@@ -46,7 +51,7 @@ class Worker:
         self.gateway = gateway
         self.parent_pid = parent_pid
         self.outbox: asyncio.Queue[WorkEvent] = asyncio.Queue()
-        self.running: set[asyncio.Task] = set()
+        self.running: dict[str, tuple[asyncio.Task, str]] = {}  # request id -> (its task, its lease)
         self.engine_dead = False
         # With requests waiting in vLLM, lease only once half of them have started: one lease call
         # per several completions, not one per completion.
@@ -72,7 +77,8 @@ class Worker:
         while self._parent_alive() and not self.engine_dead:
             free = self.core.capacity + self.config.engine.lease_ahead - len(self.running)
             if free < (self._min_lease if self.running else 1):
-                await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+                tasks = [task for task, _ in self.running.values()]
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             if not (models := self.core.served_models()):  # standing by for a first checkpoint
                 await asyncio.sleep(_BUSY_WAIT_S)
@@ -85,14 +91,19 @@ class Worker:
                 continue
             for item in items:
                 task = asyncio.create_task(self._run(item))
-                self.running.add(task)
-                task.add_done_callback(self.running.discard)
+                self.running[item.id] = (task, item.lease)
+                task.add_done_callback(lambda _, request_id=item.id: self.running.pop(request_id, None))
 
     async def _run(self, item: WorkItem) -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        def emit(deltas: list[ChoiceDelta]) -> None:
+            self.outbox.put_nowait(WorkEvent(id=item.id, lease=item.lease, deltas=deltas))
+
         try:
-            result = await self.core.run(item, self._emit)
+            result = await self.core.run(item, emit)
+        except asyncio.CancelledError:  # stopped: the server no longer wants it (vLLM aborts it)
+            return
         except EngineDeadError:  # not the request's fault: leave it leased, to be served after the restart
             log.exception("the engine died serving request %s", item.id)
             self.engine_dead = True
@@ -100,10 +111,13 @@ class Worker:
         except Exception as exc:
             log.exception("request %s failed", item.id)
             result = GenerationResult(error=RequestError(status=500, message=f"engine error: {exc}"))
-        self.outbox.put_nowait(WorkEvent(id=item.id, result=result))
+        self.outbox.put_nowait(WorkEvent(id=item.id, lease=item.lease, result=result))
 
-    def _emit(self, request_id: int, deltas: list[ChoiceDelta]) -> None:
-        self.outbox.put_nowait(WorkEvent(id=request_id, deltas=deltas))
+    def _abort(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            if (running := self.running.get(request_id)) is not None:
+                log.info("stopping request %s: the server no longer wants it", request_id)
+                running[0].cancel()
 
     async def _report_loop(self) -> None:
         while True:
@@ -112,17 +126,31 @@ class Worker:
                 batch.append(self.outbox.get_nowait())
             while True:
                 try:
-                    await self.gateway.report(_merge(batch))
+                    self._abort(await self.gateway.report(_merge(batch)))
                     break
                 except Exception as exc:
                     log.warning("report failed, retrying: %s", exc)
                     await asyncio.sleep(_RETRY_S)
 
     async def _heartbeat_loop(self) -> None:
+        """Every few seconds: progress and what runs, to the server; what to stop, back. An engine
+        that holds work but has not stepped for the progress deadline is hung: exit, so that the
+        worker is restarted (the server lets its leases lapse in any case)."""
+        steps, since = self.core.steps, time.monotonic()
         while True:
-            await asyncio.sleep(self.config.lease_timeout_s / 3)
+            await asyncio.sleep(min(_HEARTBEAT_S, self.config.lease_timeout_s / 3))
+            if self.core.steps != steps or not self.running:
+                steps, since = self.core.steps, time.monotonic()
+            elif time.monotonic() - since > self.config.progress_timeout_s:
+                log.error("the engine has made no progress for %.0f s with %d requests: exiting",
+                          time.monotonic() - since, len(self.running))
+                self.engine_dead = True
+                for task, _ in list(self.running.values()):
+                    task.cancel()
+                return
             try:
-                await self.gateway.heartbeat()
+                running = [(request_id, lease) for request_id, (_, lease) in self.running.items()]
+                self._abort(await self.gateway.heartbeat(self.core.steps, running))
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -156,9 +184,9 @@ class Worker:
 
 def _merge(events: list[WorkEvent]) -> list[WorkEvent]:
     """Coalesce a request's deltas within one report: fewer, larger messages under load."""
-    merged: dict[int, WorkEvent] = {}
+    merged: dict[str, WorkEvent] = {}
     for event in events:
-        into = merged.setdefault(event.id, WorkEvent(id=event.id))
+        into = merged.setdefault(event.id, WorkEvent(id=event.id, lease=event.lease))
         into.deltas.extend(event.deltas)
         into.result = event.result or into.result
     return list(merged.values())
@@ -181,7 +209,7 @@ async def run_worker(config: ScalarLMConfig, model: str, server_url: str, worker
     else:  # a base model; a spare holds it without adapters until it is handed a job
         path = ensure_model(ModelStore(config.models_dir), model)
         core = EngineCore(config, model, path, serve_adapters=not spare, standby=spare)
-    gateway = WorkerGateway(server_url, worker_id)
+    gateway = WorkerGateway(server_url, worker_id, read_worker_credential(config.state_dir))
     log.info("worker %s serving %s from %s for %s", worker_id, model, core.model_path, server_url)
     try:
         await Worker(config, core, gateway, parent_pid, spare).serve()

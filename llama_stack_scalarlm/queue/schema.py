@@ -25,10 +25,16 @@ class GenerationRequest(BaseModel):
     stream: bool = False
 
 
-class WorkItem(BaseModel):
-    """A leased request, as a worker receives it."""
+RequestId = str
+"""``<seq>-<secret>``: the queue's order number and 96 random bits, so an id cannot be guessed."""
 
-    id: int
+
+class WorkItem(BaseModel):
+    """A leased request, as a worker receives it. ``lease`` names this hand-over: a result or a
+    delta is accepted only with the lease the request is held under now."""
+
+    id: RequestId
+    lease: str
     request: GenerationRequest
 
 
@@ -64,18 +70,20 @@ class ChoiceDelta(BaseModel):
 
 
 class WorkEvent(BaseModel):
-    """What a worker reports for one request: streamed text so far, or the final result."""
+    """What a worker reports for one request under its lease: streamed text so far, or the final result."""
 
-    id: int
+    id: RequestId
+    lease: str
     deltas: list[ChoiceDelta] = Field(default_factory=list)
     result: GenerationResult | None = None
 
 
 RequestState = Literal["queued", "leased", "done", "unknown"]
+"""``unknown``: no such request for this caller (never submitted, someone else's, acknowledged, or expired)."""
 
 
 class RequestStatus(BaseModel):
-    id: int
+    id: RequestId
     state: RequestState
     result: GenerationResult | None = None
 

@@ -1,54 +1,94 @@
-"""The queue as the server uses it: the durable store plus in-process wake-ups.
+"""The queue as the server uses it: the durable store plus in-process wake-ups and upkeep.
 
 Clients wait on futures and stream channels that the workers' reports resolve; workers long-poll
 for work. Every wait also re-reads the store now and then, so nothing depends on a wake-up
-arriving (e.g. after a server restart, or a result recorded by another server process).
+arriving (e.g. after a server restart). Upkeep (leases that lapsed, results nobody acknowledged,
+requests no engine will serve) runs in a thread of its own, whether or not any worker calls in.
+
+Who may see what: every client call names its principal (the authenticated user), and a request
+is visible only to the principal that submitted it. Workers are trusted with the work they lease,
+and a worker's result or delta counts only under the lease the request is held by now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from .schema import ChoiceDelta, GenerationRequest, GenerationResult, QueueStats, RequestStatus, WorkEvent, WorkItem
-from .store import RequestStore
+from .store import BULK, RequestStore
+
+log = logging.getLogger(__name__)
 
 _POLL_S = 1.0
-_MAINTENANCE_S = 2.0
+_UPKEEP_S = 2.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class QueuePolicy:
+    """How long things may take before the queue gives up on them."""
+
+    lease_s: float  # a lease not renewed for this long goes back to the queue
+    progress_s: float  # a worker whose engine made no progress for this long stops having its leases renewed
+    max_attempts: int  # leases of one request before it fails instead of going back
+    result_ttl_s: float  # a result nobody acknowledged is deleted after this
+    unserved_s: float  # queued requests for a model no worker asked for in this long fail
+
+
+@dataclass
+class _Progress:
+    value: int = -1
+    changed: float = 0.0
+
+
 class QueueService:
-    def __init__(self, store: RequestStore, lease_s: float, result_ttl_s: float):
+    def __init__(self, store: RequestStore, policy: QueuePolicy, served: Callable[[], set[str]] | None = None):
+        """``served``: the models the server serves now; queued requests for any other fail at once."""
         self.store = store
-        self.lease_s = lease_s
-        self.result_ttl_s = result_ttl_s
-        self._waiters: dict[int, asyncio.Future] = {}
-        self._streams: dict[int, asyncio.Queue] = {}
+        self.policy = policy
+        self._served = served
+        self._waiters: dict[str, asyncio.Future] = {}
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._stream_leases: dict[str, str] = {}  # streamed request -> the lease whose deltas are its text
         self._work = _Signal()  # requests were queued or returned to the queue
         self._finished = _Signal()  # results were stored
         self._workers_seen: dict[str, float] = {}
-        self._last_maintenance = 0.0
+        self._progress: dict[str, _Progress] = {}
+        self._asked: dict[str, float] = {}  # model -> when a worker last asked for work for it
+        self._started = time.time()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._upkeep = threading.Thread(target=self._upkeep_loop, name="scalarlm-queue-upkeep", daemon=True)
+        self._upkeep.start()
+
+    def close(self) -> None:
+        self._stop.set()
 
     # -- clients --------------------------------------------------------------------------------
 
-    def submit(self, requests: Sequence[GenerationRequest]) -> list[int]:
-        ids = self.store.enqueue(requests)
+    def submit(self, requests: Sequence[GenerationRequest], owner: str, priority: int = BULK) -> list[str]:
+        self._bind_loop()
+        ids = self.store.enqueue(requests, owner, priority)
         for request_id, request in zip(ids, requests, strict=True):
             if request.stream:
                 self._streams[request_id] = asyncio.Queue()
         self._work.fire()
         return ids
 
-    async def wait(self, request_id: int, timeout_s: float) -> GenerationResult:
-        """The request's result, once it exists; the stored copy is consumed."""
+    async def wait(self, request_id: str, owner: str, timeout_s: float) -> GenerationResult:
+        """The request's result, once it exists (then deleted: it reached this call). A caller that
+        gives up (timeout, disconnect) cancels the request, so nobody generates it for no one."""
         deadline = time.monotonic() + timeout_s
         future = self._waiters.setdefault(request_id, asyncio.get_running_loop().create_future())
         try:
             while True:
-                status = self.store.status([request_id], consume=True)[0]
+                status = self.store.status([request_id], owner)[0]
                 if status.result is not None:
                     return status.result
                 if status.state == "unknown":
@@ -62,39 +102,59 @@ class QueueService:
                     pass
         finally:
             self._waiters.pop(request_id, None)
+            self.store.remove([request_id], owner, finished_only=False)  # delivered, or abandoned: cancel
 
-    async def stream(self, request_id: int, timeout_s: float) -> AsyncIterator[ChoiceDelta | GenerationResult]:
-        """Deltas as the worker reports them, then the final result."""
+    async def stream(self, request_id: str, owner: str, timeout_s: float) -> AsyncIterator[ChoiceDelta | GenerationResult]:
+        """Deltas of the request's current lease as the worker reports them, then the final result.
+        A caller that goes away cancels the request."""
         channel = self._streams[request_id]
         deadline = time.monotonic() + timeout_s
+        marked = False
         try:
             while True:
                 try:
                     item = await asyncio.wait_for(channel.get(), _POLL_S)
                 except TimeoutError:
-                    status = self.store.status([request_id])[0]
-                    if status.result is None and time.monotonic() < deadline:
-                        continue
-                    if status.result is None:
-                        raise TimeoutError(f"request {request_id} did not finish within {timeout_s:.0f} s") from None
-                    item = status.result
-                if isinstance(item, GenerationResult):
-                    self.store.status([request_id], consume=True)
-                    yield item
-                    return
+                    item = None
+                if item is None:  # finished (woken), or time to look: the store has the answer
+                    status = self.store.status([request_id], owner)[0]
+                    if status.result is not None:
+                        yield status.result
+                        return
+                    if status.state == "unknown":
+                        raise KeyError(request_id)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"request {request_id} did not finish within {timeout_s:.0f} s")
+                    continue
+                if not marked:  # the client has text now: a lost lease can no longer restart it cleanly
+                    self.store.mark_streamed(request_id)
+                    marked = True
                 yield item
         finally:
             self._streams.pop(request_id, None)
+            self._stream_leases.pop(request_id, None)
+            self.store.remove([request_id], owner, finished_only=False)
 
-    async def results(self, ids: Sequence[int], wait_s: float = 0.0) -> list[RequestStatus]:
-        """Bulk polling: finished results are handed over once, then deleted. With ``wait_s`` it is a
-        long poll: it answers as soon as any of ``ids`` has finished (or is unknown), else at the deadline."""
+    async def results(self, ids: Sequence[str], owner: str, wait_s: float = 0.0,
+                      ack: Sequence[str] = ()) -> list[RequestStatus]:
+        """Bulk polling. Results stay until acknowledged (``ack`` deletes them: send the ids you
+        received with your next poll), so a response lost on the way loses nothing; unacknowledged
+        results expire after the result TTL. With ``wait_s`` it is a long poll: it answers as soon
+        as any of ``ids`` has finished (or is unknown), else at the deadline."""
+        if ack:
+            self.store.remove(ack, owner, finished_only=True)
+        self._bind_loop()
         return await _long_poll(
-            lambda: self.store.status(ids, consume=True),
+            lambda: self.store.status(ids, owner),
             lambda statuses: any(s.result is not None or s.state == "unknown" for s in statuses),
             self._finished,
             wait_s,
         )
+
+    def cancel(self, ids: Sequence[str], owner: str) -> list[str]:
+        """Drop ``owner``'s requests, finished or not: queued ones are never generated, running ones
+        are stopped by their worker at its next call."""
+        return self.store.remove(ids, owner, finished_only=False)
 
     def stats(self) -> QueueStats:
         stats = self.store.stats()
@@ -106,60 +166,120 @@ class QueueService:
 
     async def lease(self, worker: str, models: Sequence[str], capacity: int, wait_s: float) -> list[WorkItem]:
         """Up to ``capacity`` requests; waits up to ``wait_s`` for work to arrive when there is none."""
+        self._bind_loop()
+        now = time.time()
+        self._workers_seen[worker] = now
+        self._asked.update(dict.fromkeys(models, now))
 
         def lease_now() -> list[WorkItem]:
-            self.heartbeat(worker)
-            return self.store.lease(worker, models, capacity, self.lease_s)
+            items = self.store.lease(worker, models, capacity, self.policy.lease_s)
+            for item in items:
+                if item.id in self._streams:
+                    self._stream_leases[item.id] = item.lease
+            return items
 
         return await _long_poll(lease_now, bool, self._work, wait_s)
 
-    def heartbeat(self, worker: str) -> None:
-        self._workers_seen[worker] = time.time()
-        self.store.renew(worker, self.lease_s)
-        self._maintain()
+    def heartbeat(self, worker: str, progress: int, running: Sequence[tuple[str, str]]) -> list[str]:
+        """Renews the worker's leases while its engine makes progress (``progress``: a counter of the
+        engine's steps); returns the requests it runs that it no longer holds (cancelled, or taken
+        back): it should stop generating them. A worker whose counter stood still for the progress
+        deadline keeps only leases younger than that, so a hung engine lets its work go."""
+        now = time.time()
+        self._workers_seen[worker] = now
+        seen = self._progress.setdefault(worker, _Progress(progress, now))
+        if progress != seen.value:
+            seen.value, seen.changed = progress, now
+        stalled = now - seen.changed > self.policy.progress_s
+        self.store.renew(worker, self.policy.lease_s, leased_since=now - self.policy.progress_s if stalled else None)
+        held = self.store.held(worker, running)
+        return [request_id for request_id, _ in running if request_id not in held]
 
-    def report(self, worker: str, events: Sequence[WorkEvent]) -> None:
-        """Deltas go to waiting streams; final results are stored first, then waiters are woken."""
+    def report(self, worker: str, events: Sequence[WorkEvent]) -> list[str]:
+        """Deltas of a stream's current lease go to its client; final results are stored (under
+        their lease) first, then waiters are woken. Returns the ids whose events were refused
+        (the worker no longer holds them: it should stop generating them)."""
         self._workers_seen[worker] = time.time()
+        refused = set()
         for event in events:
             channel = self._streams.get(event.id)
-            if channel is not None:
-                for delta in event.deltas:
-                    channel.put_nowait(delta)
-        finals = [(e.id, e.result) for e in events if e.result is not None]
-        self.store.complete(finals)
-        if finals:
-            self._finished.fire()
-        for request_id, result in finals:
-            if (channel := self._streams.get(request_id)) is not None:
-                channel.put_nowait(result)
-            future = self._waiters.get(request_id)
-            if future is not None and not future.done():
-                future.set_result(None)
+            if channel is None or not event.deltas:
+                continue
+            if self._stream_leases.get(event.id) != event.lease:
+                refused.add(event.id)
+                continue
+            for delta in event.deltas:
+                channel.put_nowait(delta)
+        finals = [(e.id, e.lease, e.result) for e in events if e.result is not None]
+        recorded = self.store.complete(worker, finals)
+        refused |= {request_id for request_id, _, _ in finals} - set(recorded)
+        self._resolve(recorded)
+        return sorted(refused)
 
     def forget_worker(self, worker: str) -> None:
         """A worker known to be dead: its leases go back to the queue now, not at expiry."""
         self._workers_seen.pop(worker, None)
-        if self.store.release_worker(worker):
-            self._work.fire()
+        self._progress.pop(worker, None)
+        self._after_release(self.store.release_worker(worker, self.policy.max_attempts))
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _maintain(self) -> None:
-        now = time.monotonic()
-        if now - self._last_maintenance < _MAINTENANCE_S:
+    def _bind_loop(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+
+    def _resolve(self, ids: Sequence[str]) -> None:
+        """Wake whoever waits for these finished requests (on the server's event loop)."""
+        if not ids:
             return
-        self._last_maintenance = now
-        if self.store.release_expired():
-            self._work.fire()
-        self.store.purge_results(self.result_ttl_s)
-        gone = time.time() - self.lease_s  # silent for a lease period: its leases are back in the queue
-        self._workers_seen = {w: seen for w, seen in self._workers_seen.items() if seen >= gone}
+        self._finished.fire()
+        for request_id in ids:
+            if (channel := self._streams.get(request_id)) is not None:
+                channel.put_nowait(None)  # the stream reads the result from the store
+            future = self._waiters.get(request_id)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def _after_release(self, failed: list[str]) -> None:
+        """Called from any thread: wake lessees (work is back) and the clients of failed requests."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._work.fire)
+        if failed:
+            self._loop.call_soon_threadsafe(self._resolve, failed)
+
+    def _upkeep_loop(self) -> None:
+        while not self._stop.wait(_UPKEEP_S):
+            try:
+                self.upkeep()
+            except Exception:
+                log.exception("queue upkeep failed")
+
+    def upkeep(self) -> None:
+        """Lapsed leases back to the queue, expired results deleted, unservable requests failed."""
+        now = time.time()
+        self._after_release(self.store.release_expired(self.policy.max_attempts))
+        self.store.purge_results(self.policy.result_ttl_s)
+        gone = now - self.policy.lease_s  # silent for a lease period: its leases are back in the queue
+        for worker in [w for w, seen in list(self._workers_seen.items()) if seen < gone]:
+            self._workers_seen.pop(worker, None)
+            self._progress.pop(worker, None)
+        served = self._served() if self._served is not None else None
+        failed = []
+        for model in self.store.queued_models():
+            if served is not None and model not in served:
+                failed += self.store.fail_queued(model, 404, f"model: {model!r} is no longer served here")
+            elif now - max(self._asked.get(model, 0.0), self._started) > self.policy.unserved_s:
+                failed += self.store.fail_queued(
+                    model, 503, f"no engine asked for work for {model!r} in {self.policy.unserved_s:.0f} s")
+        if failed:
+            self._after_release(failed)
 
 
 class _Signal:
     """Wakes every coroutine waiting when it fires: an event that is set and then replaced, so no
-    waiter clears it for another, and one taken before a read is woken by any fire after it."""
+    waiter clears it for another, and one taken before a read is woken by any fire after it.
+    Used on the server's event loop only (other threads go through ``call_soon_threadsafe``)."""
 
     def __init__(self):
         self._event: asyncio.Event | None = None  # made on first wait, in the server's loop

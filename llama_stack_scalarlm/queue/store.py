@@ -1,39 +1,58 @@
-"""Durable request store: one SQLite file in WAL mode, owned by the server process.
+"""Durable request store: one SQLite file in WAL mode, owned by one server process.
 
 Every method is one short transaction, so a request is on disk before its id is returned, a
 lease is on disk before the worker sees it, and a result before the worker's post is answered.
 Queued rows live only on disk (memory does not grow with the queue); the partial indexes keep
 leasing O(batch) however deep the queue is.
+
+Ownership: the file is opened in exclusive locking mode and stays locked for the life of the
+process, so a second server on the same file fails at once with :class:`QueueOwnedError` (SQLite's
+WAL is unsafe on network filesystems: the file belongs on the server's local disk; workers on
+other hosts reach the queue over HTTP only). Public ids carry a random secret beside the row's
+sequence number, so an id is never guessed, and never reused even if a power loss rolls back the
+sequence counter (``synchronous=NORMAL``).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .schema import GenerationRequest, GenerationResult, QueueStats, RequestStatus, WorkItem
+from .schema import GenerationRequest, GenerationResult, QueueStats, RequestError, RequestStatus, WorkItem
 
 QUEUED, LEASED, DONE = 0, 1, 2
 _STATE_NAMES = {QUEUED: "queued", LEASED: "leased", DONE: "done"}
+INTERACTIVE, BULK = 0, 1  # lease priority: a caller waiting on the line before bulk work
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    secret TEXT NOT NULL,
+    owner TEXT NOT NULL,
     model TEXT NOT NULL,
+    priority INTEGER NOT NULL,
     payload TEXT NOT NULL,
     state INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
+    lease TEXT,
+    leased_at REAL,
     lease_expires REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    streamed INTEGER NOT NULL DEFAULT 0,
     result TEXT,
     created REAL NOT NULL,
     finished REAL
 );
-CREATE INDEX IF NOT EXISTS queued_by_model ON requests(model, id) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS leased_by_worker ON requests(worker, lease_expires) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS queued_by_model ON requests(model, priority, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS leased_by_worker ON requests(worker) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS leased_by_expiry ON requests(lease_expires) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS done_by_time ON requests(finished) WHERE state = 2;
 """
 
@@ -48,7 +67,30 @@ WITH RECURSIVE queued(model) AS (
 )
 SELECT model FROM queued WHERE model IS NOT NULL
 """
-_SQL_VARS = 900  # stay under SQLite's bound on host parameters per statement
+_SQL_VARS = 900  # stay under SQLite's bound on host parameters per statement (with a few to spare)
+
+
+class QueueOwnedError(RuntimeError):
+    """Another process holds the queue file."""
+
+
+def _public_id(seq: int, secret: str) -> str:
+    return f"{seq}-{secret}"
+
+
+def _parse_ids(ids: Iterable[str]) -> dict[int, str]:
+    """seq -> secret for every well-formed id (a malformed one is simply unknown)."""
+    parsed = {}
+    for request_id in ids:
+        seq, _, secret = str(request_id).partition("-")
+        if seq.isdigit() and secret:
+            parsed[int(seq)] = secret
+    return parsed
+
+
+def failure(status: int, message: str) -> str:
+    """A stored result for a request the server itself gives up on."""
+    return GenerationResult(error=RequestError(status=status, message=message)).model_dump_json()
 
 
 class RequestStore:
@@ -57,117 +99,211 @@ class RequestStore:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-        self._db.execute("PRAGMA cache_size=-8192")  # 8 MiB page cache, whatever the queue depth
-        self._db.executescript(_SCHEMA)
+        try:
+            # Exclusive before WAL: no shared-memory index, and the first write below takes a lock
+            # this connection keeps until it closes.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            self._db.execute("PRAGMA cache_size=-8192")  # 8 MiB page cache, whatever the queue depth
+            self._migrate()
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # a write: the lock is ours from here
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if "locked" in str(exc):
+                raise QueueOwnedError(f"{path} is owned by another server process ({_owner(path)}): "
+                                      "one server per queue file") from None
+            raise
+        _owner_file(path).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+
+    def _migrate(self) -> None:
+        """A queue file of an older layout is set aside (kept on disk, not deleted) for a new one."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        has_table = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests'").fetchone()
+        if has_table and version != SCHEMA_VERSION:
+            self._db.execute("DROP INDEX IF EXISTS queued_by_model")
+            self._db.execute(f"ALTER TABLE requests RENAME TO requests_v{version or 1}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def enqueue(self, requests: Sequence[GenerationRequest]) -> list[int]:
+    # -- clients --------------------------------------------------------------------------------
+
+    def enqueue(self, requests: Sequence[GenerationRequest], owner: str, priority: int = BULK) -> list[str]:
         """Store requests durably; returns their ids in order."""
         now = time.time()
-        rows = [(r.model, r.model_dump_json(exclude_defaults=True), now) for r in requests]
+        secrets_ = [secrets.token_hex(12) for _ in requests]
+        rows = [(s, owner, r.model, priority, r.model_dump_json(exclude_defaults=True), now)
+                for s, r in zip(secrets_, requests, strict=True)]
         with self._lock, self._transaction():
-            # One writer inside BEGIN IMMEDIATE: AUTOINCREMENT ids of this batch are consecutive.
-            self._db.executemany("INSERT INTO requests (model, payload, created) VALUES (?, ?, ?)", rows)
+            # One writer inside BEGIN IMMEDIATE: AUTOINCREMENT sequence numbers of this batch are consecutive.
+            self._db.executemany(
+                "INSERT INTO requests (secret, owner, model, priority, payload, created) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             last = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'requests'").fetchone()[0]
         first = last - len(rows) + 1
-        return list(range(first, first + len(rows)))
+        return [_public_id(first + i, s) for i, s in enumerate(secrets_)]
+
+    def status(self, ids: Sequence[str], owner: str) -> list[RequestStatus]:
+        """States and results of ``owner``'s ``ids``, in order (anyone else's are ``unknown``)."""
+        found = {}
+        with self._lock:
+            for seq, secret, state, result in self._rows(_parse_ids(ids), owner, "state, result"):
+                found[_public_id(seq, secret)] = (state, result)
+        out = []
+        for request_id in ids:
+            if request_id not in found:
+                out.append(RequestStatus(id=request_id, state="unknown"))
+                continue
+            state, result = found[request_id]
+            parsed = GenerationResult.model_validate_json(result) if result else None
+            out.append(RequestStatus(id=request_id, state=_STATE_NAMES[state], result=parsed))
+        return out
+
+    def remove(self, ids: Sequence[str], owner: str, finished_only: bool) -> list[str]:
+        """Delete ``owner``'s requests: results acknowledged (``finished_only``), or requests cancelled
+        (queued ones never run; a leased one's worker is told to stop at its next call)."""
+        with self._lock, self._transaction():
+            rows = [(seq, secret) for seq, secret, state in self._rows(_parse_ids(ids), owner, "state")
+                    if state == DONE or not finished_only]
+            for chunk in _chunks([seq for seq, _ in rows]):
+                self._db.execute(f"DELETE FROM requests WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+        return [_public_id(seq, secret) for seq, secret in rows]
+
+    def mark_streamed(self, request_id: str) -> None:
+        """Text of this request reached its client: were its lease lost, it cannot restart cleanly."""
+        seq, secret = next(iter(_parse_ids([request_id]).items()))
+        with self._lock:
+            self._db.execute("UPDATE requests SET streamed = 1 WHERE seq = ? AND secret = ?", (seq, secret))
+
+    # -- workers --------------------------------------------------------------------------------
 
     def lease(self, worker: str, models: Sequence[str], capacity: int, lease_s: float) -> list[WorkItem]:
-        """Hand up to ``capacity`` queued requests for ``models`` to ``worker``, oldest first."""
+        """Hand up to ``capacity`` queued requests for ``models`` to ``worker``: interactive calls
+        first, then oldest first. One index probe per model, so a deep queue costs nothing."""
         if capacity <= 0 or not models:
             return []
         now = time.time()
-        marks = ",".join("?" * len(models))
+        lease = secrets.token_hex(8)
         with self._lock, self._transaction():
-            rows = self._db.execute(
-                f"UPDATE requests SET state = 1, worker = ?, lease_expires = ?, attempts = attempts + 1 "
-                f"WHERE id IN (SELECT id FROM requests WHERE state = 0 AND model IN ({marks}) "
-                f"ORDER BY id LIMIT ?) RETURNING id, payload",
-                (worker, now + lease_s, *models, capacity),
-            ).fetchall()
+            candidates = []
+            for model in dict.fromkeys(models):
+                candidates += self._db.execute(
+                    "SELECT priority, seq FROM requests WHERE state = 0 AND model = ? ORDER BY priority, seq LIMIT ?",
+                    (model, capacity),
+                ).fetchall()
+            chosen = [seq for _, seq in sorted(candidates)[:capacity]]
+            rows = []
+            for chunk in _chunks(chosen):
+                rows += self._db.execute(
+                    f"UPDATE requests SET state = 1, worker = ?, lease = ?, leased_at = ?, lease_expires = ?, "
+                    f"attempts = attempts + 1 WHERE seq IN ({','.join('?' * len(chunk))}) "
+                    f"RETURNING priority, seq, secret, payload",
+                    (worker, lease, now, now + lease_s, *chunk),
+                ).fetchall()
         rows.sort()
-        return [WorkItem(id=i, request=GenerationRequest.model_validate_json(p)) for i, p in rows]
+        return [WorkItem(id=_public_id(seq, secret), lease=lease, request=GenerationRequest.model_validate_json(p))
+                for _, seq, secret, p in rows]
 
-    def renew(self, worker: str, lease_s: float) -> int:
-        """Extend every lease ``worker`` holds; returns how many it holds."""
+    def renew(self, worker: str, lease_s: float, leased_since: float | None = None) -> int:
+        """Extend ``worker``'s leases (only those taken after ``leased_since``, if given: a worker whose
+        engine made no progress keeps only its newest work); returns how many were extended."""
         with self._lock:
             return self._db.execute(
-                "UPDATE requests SET lease_expires = ? WHERE state = 1 AND worker = ?", (time.time() + lease_s, worker)
+                "UPDATE requests SET lease_expires = ? WHERE state = 1 AND worker = ? AND leased_at > ?",
+                (time.time() + lease_s, worker, leased_since or 0.0),
             ).rowcount
 
-    def release_expired(self) -> int:
-        """Return to the queue every lease whose worker stopped renewing it (crashed, killed, lost)."""
+    def held(self, worker: str, items: Sequence[tuple[str, str]]) -> set[str]:
+        """Which of the (id, lease) pairs a worker runs it still holds: the rest were cancelled or
+        handed to another worker, and it should stop generating them."""
+        parsed = {seq: (secret, lease) for (request_id, lease) in items
+                  for seq, secret in _parse_ids([request_id]).items()}
+        kept = set()
         with self._lock:
-            return self._db.execute(
-                "UPDATE requests SET state = 0, worker = NULL, lease_expires = NULL "
-                "WHERE state = 1 AND lease_expires < ?",
-                (time.time(),),
-            ).rowcount
+            for chunk in _chunks(list(parsed)):
+                for seq, secret, lease in self._db.execute(
+                    f"SELECT seq, secret, lease FROM requests WHERE state = 1 AND worker = ? "
+                    f"AND seq IN ({','.join('?' * len(chunk))})", (worker, *chunk)
+                ):
+                    if parsed[seq] == (secret, lease):
+                        kept.add(_public_id(seq, secret))
+        return kept
 
-    def release_worker(self, worker: str) -> int:
-        """Return a worker's leases at once, when it is known to be gone."""
+    def complete(self, worker: str, results: Iterable[tuple[str, str, GenerationResult]]) -> list[str]:
+        """Record final results sent under the lease each request is held by now, by the worker that
+        holds it; anything else (a lapsed lease, a cancelled request, another worker) is refused.
+        Returns the ids recorded."""
+        now = time.time()
+        recorded = []
+        with self._lock, self._transaction():
+            for request_id, lease, result in results:
+                for seq, secret in _parse_ids([request_id]).items():
+                    cur = self._db.execute(
+                        "UPDATE requests SET state = 2, result = ?, finished = ?, worker = NULL, lease = NULL, "
+                        "lease_expires = NULL WHERE seq = ? AND secret = ? AND state = 1 AND worker = ? AND lease = ?",
+                        (result.model_dump_json(), now, seq, secret, worker, lease),
+                    )
+                    if cur.rowcount:
+                        recorded.append(request_id)
+        return recorded
+
+    def release_expired(self, max_attempts: int) -> list[str]:
+        """Take back every lease whose worker stopped renewing it (crashed, killed, lost, hung)."""
+        return self._release("lease_expires < ?", (time.time(),), max_attempts)
+
+    def release_worker(self, worker: str, max_attempts: int) -> list[str]:
+        """Take back a worker's leases at once, when it is known to be gone."""
+        return self._release("worker = ?", (worker,), max_attempts)
+
+    def _release(self, where: str, args: tuple, max_attempts: int) -> list[str]:
+        """Leases taken back go to the queue again, except a request that has now been tried
+        ``max_attempts`` times (it may be what kills the engine) and a stream whose client already
+        has text (a new worker would start its text over): those fail with a clear error. Returns
+        the ids that failed."""
+        now = time.time()
+        with self._lock, self._transaction():
+            failed = self._db.execute(
+                f"UPDATE requests SET state = 2, finished = ?, worker = NULL, lease = NULL, lease_expires = NULL, "
+                f"result = CASE WHEN streamed THEN ? ELSE ? END "
+                f"WHERE state = 1 AND {where} AND (streamed OR attempts >= ?) RETURNING seq, secret",
+                (now, failure(503, "the engine serving this stream was lost after part of its text was sent; "
+                                   "the stream cannot continue without repeating text"),
+                 failure(500, f"the engine failed {max_attempts} times serving this request "
+                              "(it may be what stops the engine); not retried"), *args, max_attempts),
+            ).fetchall()
+            self._db.execute(
+                f"UPDATE requests SET state = 0, worker = NULL, lease = NULL, lease_expires = NULL "
+                f"WHERE state = 1 AND {where}", args,
+            )
+        return [_public_id(seq, secret) for seq, secret in failed]
+
+    # -- upkeep ---------------------------------------------------------------------------------
+
+    def queued_models(self) -> set[str]:
         with self._lock:
-            return self._db.execute(
-                "UPDATE requests SET state = 0, worker = NULL, lease_expires = NULL WHERE state = 1 AND worker = ?",
-                (worker,),
-            ).rowcount
+            return {model for (model,) in self._db.execute(_QUEUED_MODELS)}
 
     def active_models(self) -> set[str]:
         """Models with requests queued or running: engines in use, or wanted."""
         with self._lock:
-            queued = self._db.execute(_QUEUED_MODELS).fetchall()
             leased = self._db.execute("SELECT DISTINCT model FROM requests WHERE state = 1").fetchall()
-        return {model for (model,) in queued + leased}
+        return self.queued_models() | {model for (model,) in leased}
 
-    def complete(self, results: Iterable[tuple[int, GenerationResult]]) -> list[int]:
-        """Record final results; the first result for a request wins. Returns the ids recorded."""
-        now = time.time()
-        recorded = []
+    def fail_queued(self, model: str, status: int, message: str) -> list[str]:
+        """Fail every queued request for ``model`` (no engine will serve it); returns their ids."""
         with self._lock, self._transaction():
-            for request_id, result in results:
-                cur = self._db.execute(
-                    "UPDATE requests SET state = 2, result = ?, finished = ?, worker = NULL, lease_expires = NULL "
-                    "WHERE id = ? AND state < 2",
-                    (result.model_dump_json(), now, request_id),
-                )
-                if cur.rowcount:
-                    recorded.append(request_id)
-        return recorded
-
-    def status(self, ids: Sequence[int], consume: bool = False) -> list[RequestStatus]:
-        """States and results of ``ids``, in order; ``consume`` deletes the finished ones it returns."""
-        found: dict[int, tuple[int, str | None]] = {}
-        with self._lock, self._transaction():
-            for chunk in _chunks(ids):
-                marks = ",".join("?" * len(chunk))
-                for i, state, result in self._db.execute(
-                    f"SELECT id, state, result FROM requests WHERE id IN ({marks})", chunk
-                ):
-                    found[i] = (state, result)
-                if consume:
-                    self._db.execute(f"DELETE FROM requests WHERE state = 2 AND id IN ({marks})", chunk)
-        out = []
-        for i in ids:
-            if i not in found:
-                out.append(RequestStatus(id=i, state="unknown"))
-                continue
-            state, result = found[i]
-            out.append(
-                RequestStatus(
-                    id=i,
-                    state=_STATE_NAMES[state],
-                    result=GenerationResult.model_validate_json(result) if result else None,
-                )
-            )
-        return out
+            rows = self._db.execute(
+                "UPDATE requests SET state = 2, finished = ?, result = ? WHERE state = 0 AND model = ? "
+                "RETURNING seq, secret", (time.time(), failure(status, message), model),
+            ).fetchall()
+        return [_public_id(seq, secret) for seq, secret in rows]
 
     def purge_results(self, older_than_s: float) -> int:
-        """Delete results nobody fetched within their time to live."""
+        """Delete results nobody acknowledged within their time to live."""
         with self._lock:
             return self._db.execute(
                 "DELETE FROM requests WHERE state = 2 AND finished < ?", (time.time() - older_than_s,)
@@ -177,6 +313,17 @@ class RequestStore:
         with self._lock:
             counts = dict(self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall())
         return QueueStats(queued=counts.get(QUEUED, 0), leased=counts.get(LEASED, 0), done=counts.get(DONE, 0))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _rows(self, parsed: dict[int, str], owner: str, columns: str) -> Iterable[tuple]:
+        for chunk in _chunks(list(parsed)):
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                f"SELECT seq, secret, {columns} FROM requests WHERE seq IN ({marks}) AND owner = ?", (*chunk, owner)
+            ).fetchall():
+                if parsed[row[0]] == row[1]:
+                    yield row
 
     def _transaction(self):
         return _Transaction(self._db)
@@ -195,6 +342,17 @@ class _Transaction:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    for start in range(0, len(ids), _SQL_VARS):
-        yield ids[start : start + _SQL_VARS]
+def _owner_file(path: Path) -> Path:
+    return path.with_name(path.name + ".owner")
+
+
+def _owner(path: Path) -> str:
+    try:
+        return _owner_file(path).read_text().strip()
+    except FileNotFoundError:
+        return "owner unknown"
+
+
+def _chunks(items: Sequence) -> Iterable[Sequence]:
+    for start in range(0, len(items), _SQL_VARS):
+        yield items[start : start + _SQL_VARS]

@@ -13,11 +13,15 @@ from ..errors import InvalidFieldError
 _ROLES = {"system", "user", "assistant", "tool"}
 
 
-def validate_jsonl(path: Path, method: str) -> int:
-    """Number of rows; raises InvalidFieldError("dataset", "line N: field: problem") on the first bad line."""
+def validate_jsonl(path: Path, method: str, *, max_line_bytes: int = 16 << 20) -> int:
+    """Number of rows; raises InvalidFieldError("dataset", "line N: field: problem") on the first bad line.
+    Lines are read at most ``max_line_bytes`` (newline not counted) at a time, so one huge line
+    fails fast instead of filling the server's memory."""
     rows = 0
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(iter(lambda: handle.readline(max_line_bytes + 1), b""), start=1):
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise InvalidFieldError("dataset", f"line {number}: longer than the limit of {max_line_bytes} bytes")
             if not raw.strip():
                 continue
             try:

