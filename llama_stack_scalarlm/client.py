@@ -60,7 +60,7 @@ class ScalarLMClient:
             batch, self._received = self._received[:_BATCH], self._received[_BATCH:]
             self._post("/v1/scalarlm/generate/results", {"request_ids": batch, "ack": batch})
 
-    def cancel(self, ids: Sequence[str]) -> list[str]:
+    def cancel_requests(self, ids: Sequence[str]) -> list[str]:
         """Stop requests (never generated if still queued) or delete their results."""
         cancelled = []
         for start in range(0, len(ids), _BATCH):

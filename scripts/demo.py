@@ -1,6 +1,6 @@
 """`make demo`: the whole loop on the embedded CPU default, as a user would run it.
 
-Starts a SLURM cluster (slurm/cluster.sh) and `llama stack run` (which starts an engine worker for
+Starts a SLURM cluster (slurm/cluster.sh), mints a token (`scalarlm token create`), and `llama stack run` (which starts an engine worker for
 SmolLM2-135M-Instruct, converting the shipped GGUF on first use); asks a factual question through
 the OpenAI SDK (streaming too); runs a bulk job with the `scalarlm` CLI; fine-tunes SmolLM2 (LoRA)
 on made-up facts with `scalarlm train`, as a SLURM job; asks the trained model, served under its
@@ -36,13 +36,23 @@ def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def wait_ready(server: subprocess.Popen, timeout_s: float = 900) -> None:
+def mint_token(env: dict[str, str]) -> str:
+    """`scalarlm token create` on the state root: every call to the distribution carries a token."""
+    scalarlm = str(Path(sys.executable).parent / "scalarlm")
+    subprocess.run([scalarlm, "token", "revoke", "demo"], env=env, capture_output=True)  # a rerun: a new one
+    made = subprocess.run([scalarlm, "token", "create", "--name", "demo"], env=env, check=True,
+                          capture_output=True, text=True)
+    return made.stdout.strip()
+
+
+def wait_ready(server: subprocess.Popen, token: str, timeout_s: float = 900) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if server.poll() is not None:
             sys.exit(f"server exited with {server.returncode}; see {STATE / 'server.log'}")
         try:
-            workers = httpx.get(f"{URL}/v1/scalarlm/queue", timeout=2).json()["workers"]
+            workers = httpx.get(f"{URL}/v1/scalarlm/queue", headers={"Authorization": f"Bearer {token}"},
+                                timeout=2).json()["workers"]
             if workers:
                 return
         except (httpx.HTTPError, KeyError, ValueError):
@@ -59,7 +69,7 @@ def ask(client: openai.OpenAI, model: str, question: str) -> str:
 
 def main() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SCALARLM_STATE_DIR": str(STATE)}
+    env = {**os.environ, "SCALARLM_STATE_DIR": str(STATE), "LLAMA_STACK_PORT": str(PORT)}
     step("bash slurm/cluster.sh start  (a real single-node SLURM cluster; apt installs it on first use)")
     subprocess.run([*CLUSTER, "start"], env=env, check=True)
     try:
@@ -69,16 +79,20 @@ def main() -> None:
 
 
 def serve_and_train(env: dict[str, str]) -> None:
-    step(f"llama stack run distributions/scalarlm/run.yaml --port {PORT}  (log: {STATE / 'server.log'})")
+    step("scalarlm token create --name demo  (every call to the distribution carries a token)")
+    token = mint_token(env)
+    env = {**env, "SCALARLM_API_KEY": token}  # the scalarlm CLI reads it, as llama-stack-client reads its own
+    print(f"token: {token[:8]}... (SCALARLM_API_KEY / LLAMA_STACK_CLIENT_API_KEY / OpenAI api_key)")
+    step(f"LLAMA_STACK_PORT={PORT} llama stack run distributions/scalarlm/run.yaml  (log: {STATE / 'server.log'})")
     with open(STATE / "server.log", "ab") as log:
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "llama"), "stack", "run", "distributions/scalarlm/run.yaml",
-             "--port", str(PORT)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [str(Path(sys.executable).parent / "llama"), "stack", "run", "distributions/scalarlm/run.yaml"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
         step("waiting for the engine worker (first run converts SmolLM2 from the GGUF on PyPI: ~1 min)")
-        wait_ready(server)
-        client = openai.OpenAI(base_url=f"{URL}/v1", api_key="none")
+        wait_ready(server, token)
+        client = openai.OpenAI(base_url=f"{URL}/v1", api_key=token)
         print("models:", [m.id for m in client.models.list()])
 
         step("chat completion through the queue and the vLLM engine worker")
@@ -105,7 +119,7 @@ def serve_and_train(env: dict[str, str]) -> None:
         subprocess.run(
             [str(Path(sys.executable).parent / "scalarlm"), "--url", URL, "generate", "--model", MODEL,
              "--max-tokens", "12", "The capital of Italy is", "The largest planet is", "Water boils at"],
-            check=True,
+            check=True, env=env,
         )
         step("fine-tune SmolLM2 on made-up facts: scalarlm train (upload, sbatch, follow)")
         facts = STATE / "demo-facts.jsonl"
@@ -115,7 +129,7 @@ def serve_and_train(env: dict[str, str]) -> None:
         submitted = subprocess.run(
             [scalarlm, "--url", URL, "train", str(facts), "--model", "SmolLM2-135M-Instruct", "--lora",
              "--steps", "25", "--lr", "2e-3", "--batch-size", "8", "--set", "checkpoint_every=10", "--follow"],
-            check=True, capture_output=True, text=True,
+            check=True, capture_output=True, text=True, env=env,
         )
         print(submitted.stdout, submitted.stderr[-2000:])
         job = re.search(r"job (job-[0-9a-f]+)", submitted.stdout).group(1)
@@ -127,7 +141,7 @@ def serve_and_train(env: dict[str, str]) -> None:
             now = ask(client, f"scalarlm/{job}", question)
             print(f"Q: {question}\n  base:    {before[question]!r}\n  trained: {now!r}")
             taught += answer.split()[-1].strip(".").lower() in now.lower()
-        subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True)
+        subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True, env=env)
         if taught < len(FACTS):
             sys.exit("demo check failed: the trained model did not answer what it was taught")
         step(f"demo passed (loss curve: {STATE / 'loss.png'})")

@@ -45,7 +45,7 @@ def smol_model(server):
 def openai_client(server):
     import openai
 
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", timeout=300)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, timeout=300)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from llama_stack_scalarlm.cli import main as scalarlm_cli
 
 
 def test_thousand_prompts_round_trip(server, tiny_model, openai_client):
-    client = ScalarLMClient(server.url)
+    client = ScalarLMClient(server.url, api_key=server.token)
     prompts = [f"item {i} of the list" for i in range(1000)]
     seen = []
     results = client.generate(tiny_model, prompts, progress=lambda d, t: seen.append(d), max_tokens=6,
@@ -23,17 +23,17 @@ def test_thousand_prompts_round_trip(server, tiny_model, openai_client):
 
 
 def test_ids_come_back_before_results(server, tiny_model):
-    client = ScalarLMClient(server.url)
+    client = ScalarLMClient(server.url, api_key=server.token)
     ids = client.submit(tiny_model, ["a b c"] * 50, max_tokens=4)
     assert len(set(ids)) == 50
     results = {}
     while len(results) < 50:
         results.update(client.poll(ids))
-    assert client.poll(ids) == {}, "a result is handed over once"
+    assert client.poll(ids) == {}, "what a poll returned is acknowledged by the next one"
 
 
 def test_long_poll_answers_when_a_result_is_in(server, tiny_model):
-    client = ScalarLMClient(server.url)
+    client = ScalarLMClient(server.url, api_key=server.token)
     ids = client.submit(tiny_model, ["x y z"] * 3, max_tokens=4)
     first = client.poll(ids, wait_s=60)  # held on the server until something finished, not empty
     assert first and set(first) <= set(ids)
@@ -41,11 +41,11 @@ def test_long_poll_answers_when_a_result_is_in(server, tiny_model):
     while rest:
         done = client.poll(rest, wait_s=60)
         rest = [i for i in rest if i not in done]
-    assert client.poll(ids, wait_s=60) == {}  # handed over already: answered at once, nothing twice
+    assert client.poll(ids, wait_s=60) == {}  # acknowledged already: answered at once, nothing twice
 
 
 def test_chat_prompts_in_bulk(server, tiny_model):
-    client = ScalarLMClient(server.url)
+    client = ScalarLMClient(server.url, api_key=server.token)
     (result,) = client.generate(tiny_model, [[{"role": "user", "content": "hi"}]], max_tokens=3)
     assert result.error is None and result.prompt_tokens > 3  # the chat template wrapped the message
 
@@ -59,13 +59,13 @@ def test_chat_prompts_in_bulk(server, tiny_model):
     ({"prompts": ["a"]}, 400, "model"),
 ])
 def test_bulk_bad_input(server, body, status, field):
-    response = httpx.post(f"{server.url}/v1/scalarlm/generate", json=body)
+    response = httpx.post(f"{server.url}/v1/scalarlm/generate", json=body, headers=server.headers)
     assert response.status_code == status
     assert field in response.text
 
 
 def test_cli_generate(server, tiny_model, capsys):
-    assert scalarlm_cli(["--url", server.url, "generate", "--model", tiny_model, "--max-tokens", "4", "--quiet",
+    assert scalarlm_cli(["--url", server.url, "--api-key", server.token, "generate", "--model", tiny_model, "--max-tokens", "4", "--quiet",
                          "one", "two"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and '"prompt": "one"' in lines[0] and '"completion"' in lines[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 def test_providers_import_no_torch():
     code = (
         "import sys\n"
-        "import llama_stack_scalarlm.providers.inference.scalarlm, llama_stack_scalarlm.providers.bulk.scalarlm\n"
+        "import llama_stack_scalarlm.providers.inference.scalarlm, llama_stack_scalarlm.providers.scalarlm.scalarlm\n"
         "import llama_stack_scalarlm.providers.inference.provider, llama_stack_scalarlm.api.scalarlm\n"
         "import llama_stack_scalarlm.engine.supervisor, llama_stack_scalarlm.cli\n"
         "bad = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]\n"

@@ -44,7 +44,7 @@ def assert_all_served_by_a_new_worker(server, client, ids, old_worker):
 
 
 def test_killed_worker_loses_no_request(server, tiny_model):
-    client = ScalarLMClient(server.url)
+    client = ScalarLMClient(server.url, api_key=server.token)
     (victim,) = tiny_workers(server)
     ids = submit_until_leased(client, tiny_model, "prompt number")
     victim.kill()
@@ -52,7 +52,7 @@ def test_killed_worker_loses_no_request(server, tiny_model):
 
 
 def test_a_dead_engine_restarts_its_worker_and_loses_no_request(server, tiny_model):
-    client = ScalarLMClient(server.url)
+    client = ScalarLMClient(server.url, api_key=server.token)
     (worker,) = tiny_workers(server)
     ids = submit_until_leased(client, tiny_model, "engine crash")
     (engine,) = [p for p in worker.children(recursive=True) if p.name() == "VLLM::EngineCore"]
@@ -63,7 +63,7 @@ def test_a_dead_engine_restarts_its_worker_and_loses_no_request(server, tiny_mod
 def test_killed_server_loses_no_queued_request(tmp_path, tiny_model):
     state = tmp_path / "state"
     first = StackServer(state, default_model=TINY, workers=0).start()
-    client = ScalarLMClient(first.url)
+    client = ScalarLMClient(first.url, api_key=first.token)
     ids = client.submit(tiny_model, [f"durable {i}" for i in range(100)], max_tokens=4)
     assert client.queue_stats().queued == 100
     first.kill()
@@ -75,7 +75,7 @@ def test_killed_server_loses_no_queued_request(tmp_path, tiny_model):
         cwd=ROOT, env=second.env(), stdout=open(state / "external-worker.log", "ab"), stderr=subprocess.STDOUT,
     )
     try:
-        results = wait_all(ScalarLMClient(second.url), ids)
+        results = wait_all(ScalarLMClient(second.url, api_key=second.token), ids)
         assert sorted(results) == sorted(ids)
         assert all(r.error is None for r in results.values())
     finally:

@@ -48,7 +48,7 @@ def test_vllm_on_cuda_serves_the_model(tmp_path):
                                                                           "gpu_memory_utilization": 0.3})
     server.start(wait_for_workers=1, timeout_s=600)
     try:
-        chat = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", timeout=120)
+        chat = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, timeout=120)
         reply = chat.chat.completions.create(model=f"scalarlm/{TINY}", messages=[{"role": "user", "content": "hi"}],
                                              max_tokens=8, temperature=0)
         assert reply.usage.completion_tokens > 0

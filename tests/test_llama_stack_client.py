@@ -4,13 +4,13 @@ from llama_stack_client import Agent, LlamaStackClient
 
 
 def test_models_list_shows_served_models(server, tiny_model, smol_model):
-    client = LlamaStackClient(base_url=server.url)
+    client = LlamaStackClient(base_url=server.url, api_key=server.token)
     ids = {m.id for m in client.models.list()}
     assert {tiny_model, smol_model} <= ids
 
 
 def test_chat_completion_through_llama_stack_client(server, tiny_model):
-    client = LlamaStackClient(base_url=server.url)
+    client = LlamaStackClient(base_url=server.url, api_key=server.token)
     response = client.chat.completions.create(
         model=tiny_model, messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
     )
@@ -25,7 +25,7 @@ def test_agent_turn_answers_and_is_kept_in_the_session(server, smol_model):
     rambles to the context limit; the stack then marks the response incomplete and the client raises
     "No response available". That is the model, not the plumbing: up to three sessions are tried.
     """
-    client = LlamaStackClient(base_url=server.url, timeout=300)
+    client = LlamaStackClient(base_url=server.url, api_key=server.token, timeout=300)
     agent = Agent(client, model=smol_model, instructions="You are a helpful assistant. Answer in one sentence.")
     question = "What is the capital of France?"
     for _ in range(3):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol, runtime_checkable
 
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException
 from llama_stack_api.router_utils import PUBLIC_ROUTE_KEY
 from pydantic import BaseModel, Field
 
@@ -64,27 +64,25 @@ class WorkerProtocol(Protocol):
 def create_worker_router(impl: WorkerProtocol) -> APIRouter:
     from ..auth.worker import is_worker
 
-    router = APIRouter(prefix=PREFIX, tags=["scalarlm-worker"])
-    public = {"include_in_schema": False, "openapi_extra": {PUBLIC_ROUTE_KEY: True}}
-
-    def check(authorization: str | None) -> None:
+    def require_worker(authorization: str | None = Header(None)) -> None:
+        """A dependency: checked before the body is validated, so a caller without it learns nothing."""
         if not is_worker(authorization, impl.worker_credential):
             raise HTTPException(401, "the worker protocol needs the worker credential from the state root "
                                      "(auth/worker.token); user tokens are not accepted here")
 
+    router = APIRouter(prefix=PREFIX, tags=["scalarlm-worker"], dependencies=[Depends(require_worker)])
+    public = {"include_in_schema": False, "openapi_extra": {PUBLIC_ROUTE_KEY: True}}
+
     @router.post("/lease", response_model=LeaseResponse, **public)
-    async def lease(request: LeaseRequest, authorization: str | None = Header(None)) -> LeaseResponse:
-        check(authorization)
+    async def lease(request: LeaseRequest) -> LeaseResponse:
         return await impl.lease(request)
 
     @router.post("/events", response_model=AbortResponse, **public)
-    async def report(request: ReportRequest, authorization: str | None = Header(None)) -> AbortResponse:
-        check(authorization)
+    async def report(request: ReportRequest) -> AbortResponse:
         return await impl.report(request)
 
     @router.post("/heartbeat", response_model=AbortResponse, **public)
-    async def heartbeat(request: HeartbeatRequest, authorization: str | None = Header(None)) -> AbortResponse:
-        check(authorization)
+    async def heartbeat(request: HeartbeatRequest) -> AbortResponse:
         return await impl.heartbeat(request)
 
     return router

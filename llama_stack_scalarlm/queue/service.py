@@ -202,11 +202,11 @@ class QueueService:
         self._workers_seen[worker] = time.time()
         refused = set()
         for event in events:
-            channel = self._streams.get(event.id)
-            if channel is None or not event.deltas:
+            if not event.deltas:
                 continue
-            if self._stream_leases.get(event.id) != event.lease:
-                refused.add(event.id)
+            channel = self._streams.get(event.id)
+            if channel is None or self._stream_leases.get(event.id) != event.lease:  # its client is gone, or
+                refused.add(event.id)  # this worker no longer holds it: stop generating text nobody reads
                 continue
             for delta in event.deltas:
                 channel.put_nowait(delta)

@@ -220,18 +220,15 @@ class RequestStore:
     def held(self, worker: str, items: Sequence[tuple[str, str]]) -> set[str]:
         """Which of the (id, lease) pairs a worker runs it still holds: the rest were cancelled or
         handed to another worker, and it should stop generating them."""
-        parsed = {seq: (secret, lease) for (request_id, lease) in items
-                  for seq, secret in _parse_ids([request_id]).items()}
-        kept = set()
+        seqs = list(_parse_ids(request_id for request_id, _ in items))
+        actual = set()
         with self._lock:
-            for chunk in _chunks(list(parsed)):
-                for seq, secret, lease in self._db.execute(
+            for chunk in _chunks(seqs):
+                actual.update((_public_id(seq, secret), lease) for seq, secret, lease in self._db.execute(
                     f"SELECT seq, secret, lease FROM requests WHERE state = 1 AND worker = ? "
                     f"AND seq IN ({','.join('?' * len(chunk))})", (worker, *chunk)
-                ):
-                    if parsed[seq] == (secret, lease):
-                        kept.add(_public_id(seq, secret))
-        return kept
+                ))
+        return {request_id for request_id, lease in items if (request_id, lease) in actual}
 
     def complete(self, worker: str, results: Iterable[tuple[str, str, GenerationResult]]) -> list[str]:
         """Record final results sent under the lease each request is held by now, by the worker that
