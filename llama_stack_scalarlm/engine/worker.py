@@ -39,6 +39,7 @@ _BUSY_WAIT_S = 0.2
 _RETRY_S = 1.0
 _CHECKPOINT_SCAN_S = 1.0
 _HEARTBEAT_S = 2.0  # also how soon a cancelled request stops generating
+_REPORT_GATHER_S = 0.01
 
 
 class Worker:
@@ -120,8 +121,12 @@ class Worker:
                 running[0].cancel()
 
     async def _report_loop(self) -> None:
+        """Events go out in batches: after the first, a few milliseconds gather what else finishes,
+        so the server answers one report where it would answer many (its per-call cost, not the
+        bytes, is what takes CPU from the engine)."""
         while True:
             batch = [await self.outbox.get()]
+            await asyncio.sleep(_REPORT_GATHER_S)
             while not self.outbox.empty():
                 batch.append(self.outbox.get_nowait())
             while True:
