@@ -78,14 +78,18 @@ class ScalarLMClient:
         """Submit in bulk, long-poll until every result is in; results in prompt order."""
         ids = self.submit(model, prompts, **sampling)
         results: dict[str, GenerationResult] = {}
-        while len(results) < len(ids):
-            for status in self._statuses([i for i in ids if i not in results], _LONG_POLL_S):
-                if status.result is not None:
-                    results[status.id] = status.result
-                elif status.state == "unknown":
-                    raise KeyError(f"request {status.id} is gone: cancelled, acknowledged elsewhere, or expired")
-            if progress:
-                progress(len(results), len(ids))
+        try:
+            while len(results) < len(ids):
+                for status in self._statuses([i for i in ids if i not in results], _LONG_POLL_S):
+                    if status.result is not None:
+                        results[status.id] = status.result
+                    elif status.state == "unknown":
+                        raise KeyError(f"request {status.id} is gone: cancelled, acknowledged elsewhere, or expired")
+                if progress:
+                    progress(len(results), len(ids))
+        except KeyboardInterrupt:  # the caller gave up: what is still queued is not generated for nobody
+            self.cancel_requests([i for i in ids if i not in results])
+            raise
         self.ack()
         return [results[i] for i in ids]
 

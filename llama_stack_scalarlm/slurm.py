@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 from llama_stack_api import ConflictError
 from pydantic import BaseModel
@@ -20,6 +21,26 @@ _UNREACHABLE = ("Unable to contact slurm controller", "Connection refused", "Soc
                 "Zero Bytes were transmitted")
 _USABLE = {"idle", "mix", "alloc", "comp", "plnd"}  # sinfo %t states that take (or will take) jobs
 _GONE = ("Invalid job id specified", "already completing or completed")
+
+JobStateKind = Literal["live", "requeued", "ended_ok", "failed", "cancelled"]
+JOB_STATES: dict[str, JobStateKind] = {
+    # live: the job holds, waits for or is giving back an allocation; its trainer reports for itself
+    "PENDING": "live", "CONFIGURING": "live", "RUNNING": "live", "SUSPENDED": "live", "STOPPED": "live",
+    "RESIZING": "live", "SIGNALING": "live", "COMPLETING": "live", "STAGE_OUT": "live",
+    # requeued: it will run again (held ones once released), resuming from its newest checkpoint
+    "REQUEUED": "requeued", "REQUEUE_FED": "requeued", "REQUEUE_HOLD": "requeued", "SPECIAL_EXIT": "requeued",
+    "RESV_DEL_HOLD": "requeued",
+    "COMPLETED": "ended_ok",
+    # failed: ended without finishing (PREEMPTED: preempted and not requeued; REVOKED: a federation
+    # sibling ran instead); submitting the job again resumes it
+    "FAILED": "failed", "TIMEOUT": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
+    "OUT_OF_MEMORY": "failed", "DEADLINE": "failed", "PREEMPTED": "failed", "REVOKED": "failed",
+    "CANCELLED": "cancelled",
+}
+"""Every job state SLURM 22.05 reports (squeue(1), "JOB STATE CODES"), by what it means for a training job."""
+
+UNKNOWN = "UNKNOWN"
+""":meth:`Slurm.state` of a job id neither squeue nor the jobcomp log knows."""
 
 
 class SlurmError(RuntimeError):
@@ -37,6 +58,10 @@ class SlurmUnavailableError(SlurmError, ConflictError):
 
     def __init__(self, message: str):
         Exception.__init__(self, message)
+
+
+class SlurmTimeoutError(SlurmUnavailableError):
+    """A command gave no answer in time and was killed: whether it acted (an sbatch queued its job) is unknown."""
 
 
 class ClusterResources(BaseModel):
@@ -78,7 +103,7 @@ class Slurm:
             proc = subprocess.run(args, env=full_env, capture_output=True, text=True,
                                   timeout=timeout_s or self.timeout_s, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as e:
-            raise SlurmUnavailableError(f"{args[0]}: no answer in {e.timeout:.0f}s") from e
+            raise SlurmTimeoutError(f"{args[0]}: no answer in {e.timeout:.0f}s") from e
         except FileNotFoundError as e:
             raise SlurmUnavailableError(f"{args[0]} is not installed (run slurm/cluster.sh start)") from e
         if proc.returncode != 0:
@@ -134,8 +159,8 @@ class Slurm:
         return job_id
 
     def state(self, job_ids: list[str]) -> dict[str, str]:
-        """SLURM state name per job: live ones from squeue, forgotten ones from the jobcomp file,
-        ``UNKNOWN`` for ids found in neither."""
+        """SLURM state name per job (:data:`JOB_STATES`): live ones from squeue, forgotten ones from the
+        jobcomp file, :data:`UNKNOWN` for ids found in neither."""
         wanted = set(job_ids)
         states: dict[str, str] = {}
         if wanted:
@@ -148,8 +173,14 @@ class Slurm:
         if missing:
             finished = self._jobcomp_states()
             for job_id in missing:
-                states[job_id] = finished.get(job_id, "UNKNOWN")
+                states[job_id] = finished.get(job_id, UNKNOWN)
         return {j: states[j] for j in job_ids}
+
+    def jobs_named(self, name: str) -> dict[str, str]:
+        """State of every job of that exact name that slurmctld still holds, by job id (oldest first)."""
+        self._require()
+        out = self._run(["squeue", "-h", "--states=all", "-n", name, "-o", "%i|%T"])
+        return dict(sorted((line.split("|") for line in out.splitlines()), key=lambda entry: int(entry[0])))
 
     def _jobcomp_states(self) -> dict[str, str]:
         """Last recorded state per job id (a requeued job has a line per run)."""

@@ -21,6 +21,8 @@ CONTROLLER=${SCALARLM_SLURM_CONTROLLER:-localhost}
 ROLE=${SCALARLM_SLURM_ROLE:-controller}
 TIMEOUT=${SCALARLM_SLURM_START_TIMEOUT:-60}
 export SLURM_CONF=$CONF
+MARK="# scalarlm: rendered by slurm/cluster.sh"  # first line of every conf this script renders
+CTLD_PORT=6817 SLURMD_PORT=6818                  # slurm.conf.in keeps SLURM's default ports
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -70,19 +72,53 @@ cancel_all_jobs() {
     log "jobs still running after 45 s: $(squeue -h -o '%i %T' 2>/dev/null | tr '\n' ' ')"
 }
 
-# SLURM daemons are machine-wide (fixed ports): stop any that another state dir started.
+# True if pid $1 is a daemon that cluster.sh started (for any state dir): its SLURM_CONF is a conf
+# cluster.sh rendered (first line $MARK) and the pid is in a pid file of that conf's state dir.
+# A site's own SLURM (systemd's, another tool's) never matches, so it is never touched.
+started_here() {
+    local conf root f
+    conf=$(proc_conf "$1")
+    [[ -n $conf && $(head -n 1 "$conf" 2>/dev/null) == "$MARK" ]] || return 1
+    root=$(dirname "$(dirname "$conf")")
+    for f in "$root"/run/*.pid; do
+        [[ $(cat "$f" 2>/dev/null) == "$1" ]] && return 0
+    done
+    return 1
+}
+
+# SLURM daemons are machine-wide (fixed ports): stop those named $@ that cluster.sh started for
+# another state dir (their jobs first); leave every other process alone.
 stop_foreign() {
-    local pid conf stopped=()
-    for pid in $(pids slurmd) $(pids slurmctld); do
-        conf=$(proc_conf "$pid")
-        [[ $conf == "$CONF" ]] && continue
-        stopped+=("$pid")
-        log "stopping $(cat /proc/"$pid"/comm 2>/dev/null) (pid $pid) of another cluster (SLURM_CONF=${conf:-unset})"
-        [[ -n $conf ]] && SLURM_CONF=$conf cancel_all_jobs
+    local name pid conf stopped=()
+    for name in "$@"; do
+        for pid in $(pids "$name"); do
+            conf=$(proc_conf "$pid")
+            [[ $conf == "$CONF" ]] && continue
+            started_here "$pid" || continue
+            stopped+=("$pid")
+            log "stopping $name (pid $pid) of another ScalarLM cluster (SLURM_CONF=$conf)"
+            SLURM_CONF=$conf cancel_all_jobs
+        done
     done
     for pid in "${stopped[@]}"; do stop_pid "$pid"; done  # slurmd pids come first
-    for pid in $(pids slurmstepd); do
-        [[ $(proc_conf "$pid") == "$CONF" ]] || stop_pid "$pid" 5
+    for pid in $(pids slurmstepd); do  # job steps left by those clusters' slurmd
+        conf=$(proc_conf "$pid")
+        [[ -n $conf && $conf != "$CONF" && $(head -n 1 "$conf" 2>/dev/null) == "$MARK" ]] && stop_pid "$pid" 5
+    done
+    return 0
+}
+
+# Fail, naming it, if a process that is not this cluster's holds one of the TCP ports $@ (found
+# with iproute2's ss; without it the daemon's own log says "Address already in use").
+check_ports() {
+    local port pid
+    for port in "$@"; do
+        for pid in $(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+            [[ $(proc_conf "$pid") == "$CONF" ]] && continue
+            die "port $port is held by $(cat /proc/"$pid"/comm 2>/dev/null) (pid $pid," \
+                "SLURM_CONF=$(proc_conf "$pid")), which slurm/cluster.sh did not start: stop that SLURM" \
+                "(e.g. systemctl stop slurmctld slurmd) or run ScalarLM's cluster on another machine"
+        done
     done
 }
 
@@ -119,7 +155,7 @@ render() {
         nodes+="NodeName=${entry%%=*} NodeAddr=${entry#*=} CPUs=$cpus RealMemory=$mem$gres State=UNKNOWN"$'\n'
     done
     [[ $controller == *=* ]] && controller="${controller%%=*}(${controller#*=})"
-    tpl=$(<"$HERE/slurm.conf.in")
+    tpl=$MARK$'\n'$(<"$HERE/slurm.conf.in")
     tpl=${tpl//@CONTROLLER@/$controller}
     tpl=${tpl//@STATE_DIR@/$ROOT}
     if ((gpus > 0)); then tpl=${tpl//@GRES_TYPES@/GresTypes=gpu}; else tpl=${tpl//@GRES_TYPES@/# no GPUs: no GresTypes}; fi
@@ -158,11 +194,12 @@ ensure_munged() {
         chown munge:munge /etc/munge/munge.key
         chmod 400 /etc/munge/munge.key
     fi
-    [[ -n $(pids munged) ]] && return 0
+    [[ -n $(pids munged) ]] && return 0  # the site's, or another cluster's: it serves ours too
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
     runuser -u munge -- /usr/sbin/munged </dev/null >>"$LOG/munged.stderr" 2>&1 \
         || die "munged failed to start: $(tail -3 "$LOG/munged.stderr")"
+    cp /run/munge/munged.pid "$(munged_pidfile)"  # so that stop stops this munged only
 }
 
 start_daemon() {  # name pidfile args...
@@ -196,6 +233,7 @@ node_ready() {  # idle, mix or alloc; a node left down or drained by an earlier 
 }
 
 slurmd_pidfile() { echo "$RUN/slurmd-$1.pid"; }
+munged_pidfile() { echo "$RUN/munged-$(hostname -s).pid"; }
 
 start() {
     mkdir -p "$ROOT"/{conf,spool,state,log,run}
@@ -208,8 +246,13 @@ start() {
         [[ " $NODES" == *" localhost="* ]] && die "a multi-node cluster needs real node names, not localhost"
         [[ $CONTROLLER == localhost* ]] && die "a multi-node cluster needs SCALARLM_SLURM_CONTROLLER=<head hostname>[=addr]"
     fi
-    [[ $ROLE == controller ]] && stop_foreign
-    [[ $ROLE == node ]] && for p in $(pids slurmd); do [[ $(proc_conf "$p") == "$CONF" ]] || stop_pid "$p"; done
+    if [[ $ROLE == controller ]]; then
+        stop_foreign slurmd slurmctld
+        check_ports "$CTLD_PORT" ${node:+"$SLURMD_PORT"}
+    else
+        stop_foreign slurmd
+        check_ports "$SLURMD_PORT"
+    fi
     render
     if install_conf; then
         # the daemons (if any) run an older conf: restart them; jobs survive in StateSaveLocation
@@ -239,9 +282,9 @@ stop() {
     if [[ -n $node ]] && p=$(live_pid "$(slurmd_pidfile "$node")" slurmd); then stop_pid "$p"; fi
     if [[ $ROLE == controller ]] && p=$(live_pid "$RUN/slurmctld.pid" slurmctld); then stop_pid "$p"; fi
     for p in $(pids slurmstepd); do [[ $(proc_conf "$p") == "$CONF" ]] && stop_pid "$p" 5; done
-    # munged serves every SLURM daemon on this machine: stop it once none is left
-    if [[ -z $(pids slurmd)$(pids slurmctld)$(pids slurmstepd) ]]; then
-        for pid in $(pids munged); do stop_pid "$pid"; done
+    # munged serves every SLURM daemon on this machine: stop the one start started, once none is left
+    if [[ -z $(pids slurmd)$(pids slurmctld)$(pids slurmstepd) ]] && pid=$(live_pid "$(munged_pidfile)" munged); then
+        stop_pid "$pid"
     fi
     return 0
 }

@@ -99,6 +99,9 @@ class FakePostTraining:
         checkpoints = [self._checkpoint(request.job_uuid)]
         return pt.PostTrainingJobArtifactsResponse(job_uuid=request.job_uuid, checkpoints=checkpoints)
 
+    def request_body_limit(self) -> int:
+        return 1 << 20
+
     @staticmethod
     def _checkpoint(job_uuid: str) -> pt.Checkpoint:
         return pt.Checkpoint(
@@ -314,12 +317,15 @@ def test_older_query_and_body_forms(client, fake):
 def test_available_providers_and_protocol(fake):
     from llama_stack_api import Api, InlineProviderSpec
 
-    (spec,) = pt.available_providers()
+    from llama_stack_scalarlm.providers.post_training.provider import get_provider_spec
+
+    assert pt.available_providers() == []  # the run config's `module:` entry declares the provider
+    spec = get_provider_spec()
     assert isinstance(spec, InlineProviderSpec)
     assert spec.api == Api("post_training") and spec.api.value == "post_training"
     assert spec.api is Api.add("post_training")  # idempotent, as the stack's loader calls it again
     assert spec.provider_type == "inline::scalarlm"
     assert spec.module == "llama_stack_scalarlm.providers.post_training"
-    assert spec.config_class == "llama_stack_scalarlm.config.ScalarLMConfig"
+    assert spec.config_class == "llama_stack_scalarlm.providers.post_training.config.ScalarLMConfig"
     assert spec.api_dependencies == [Api.datasetio]
     assert isinstance(fake, pt.PostTraining)

@@ -1,12 +1,17 @@
 """llama_stack_scalarlm.slurm against a real single-node cluster (slurm/cluster.sh)."""
 
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 from llama_stack_scalarlm.slurm import Slurm, SlurmUnavailableError
+
+from .slurm_fixtures import _cluster
 
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
@@ -88,3 +93,60 @@ def test_unreachable_controller(slurm_cluster, tmp_path):
     assert err.value.status_code == 503
     with pytest.raises(SlurmUnavailableError):
         Slurm(tmp_path / "missing.conf").state(["1"])
+
+
+def test_rendered_training_script_logs_into_a_job_dir_with_a_space(slurm, tmp_path):
+    """sbatch reads the #SBATCH lines itself (bash -n skips them): a path with a space or a '%' (a
+    filename-pattern symbol) must still name the job's own log file."""
+    from llama_stack_scalarlm.registry.schema import Hyperparameters, TrainingJob
+    from llama_stack_scalarlm.trainer.launch import render_sbatch_script
+
+    job_dir = tmp_path / "state dir 100%j" / "job-abc"
+    job_dir.mkdir(parents=True)
+    job = TrainingJob(job_id="job-abc", base_model="m", base_model_path="/m", dataset_sha256="0" * 64,
+                      trainer_version="v", hyperparameters=Hyperparameters(time_limit_minutes=5))
+    script = job_dir / "train.sbatch"
+    script.write_text(render_sbatch_script(job, job_dir, python="/bin/false"))  # the "trainer" exits 1 at once
+    job_id = slurm.sbatch(script, workdir=job_dir)
+    assert wait_for(slurm, job_id, FINAL) == "FAILED"
+    log = (job_dir / "slurm.log").read_text()
+    assert f"job {job_id} restart 0" in log and "trainer exited with 1" in log, log
+    assert sorted(p.name for p in job_dir.iterdir()) == [".sbatch-started", "slurm.log", "train.sbatch"]
+
+
+def _impostor(tmp_path, name: str, *args: str) -> subprocess.Popen:
+    """A process named like a SLURM daemon (an executable file called ``name``) with a site's own SLURM_CONF."""
+    site_conf = tmp_path / "site-slurm.conf"
+    site_conf.write_text("ClusterName=site\n")
+    exe = tmp_path / name
+    os.symlink(args[0], exe)
+    return subprocess.Popen([str(exe), *args[1:]], env={**os.environ, "SLURM_CONF": str(site_conf)},
+                            start_new_session=True, stdout=subprocess.PIPE, text=True)
+
+
+def test_start_leaves_a_slurm_daemon_it_did_not_start_alone(slurm_cluster, tmp_path):
+    impostor = _impostor(tmp_path, "slurmd", shutil.which("sleep"), "300")
+    try:
+        done = _cluster("start", slurm_cluster.env, timeout_s=120)
+        assert done.returncode == 0, done.stderr
+        assert impostor.poll() is None, f"cluster.sh stopped a slurmd it did not start: {done.stderr}"
+        assert Slurm(slurm_cluster.conf).available()
+    finally:
+        impostor.kill()
+        impostor.wait()
+
+
+def test_start_names_a_foreign_daemon_holding_slurms_port(slurm_cluster, tmp_path):
+    assert _cluster("stop", slurm_cluster.env, timeout_s=120).returncode == 0
+    listen = "import socket, time; s = socket.create_server(('', 6817)); print('up', flush=True); time.sleep(300)"
+    impostor = _impostor(tmp_path, "slurmctld", sys.executable, "-c", listen)
+    try:
+        assert impostor.stdout.readline().strip() == "up"
+        done = _cluster("start", slurm_cluster.env, timeout_s=120)
+        assert done.returncode == 1
+        assert f"port 6817 is held by slurmctld (pid {impostor.pid}" in done.stderr, done.stderr
+        assert impostor.poll() is None
+    finally:
+        impostor.kill()
+        impostor.wait()
+        assert _cluster("start", slurm_cluster.env, timeout_s=120).returncode == 0

@@ -351,6 +351,35 @@ def test_data_order_is_seeded_and_resumable(tiny, tmp_path):
     assert sorted(i for row in order(whole)[:3] for i in row) == list(range(6))  # epoch 0 = every example once
 
 
+def test_unshuffled_data_keeps_the_file_order(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llama_stack_scalarlm.trainer.data import DataPosition, DataStream, load_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    examples = load_examples(_write(tmp_path / "d.jsonl", SFT_ROWS), tokenizer, "sft", 512)
+    rows = DataStream(examples, 7, 512, False, DataPosition(), shuffle=False).take(2 * len(examples))
+    assert [examples.index(e) for row in rows for e in row] == list(range(len(examples))) * 2  # every epoch
+    shuffled = DataStream(examples, 7, 512, False, DataPosition(), shuffle=True).take(len(examples))
+    assert [examples.index(e) for row in shuffled for e in row] != list(range(len(examples)))
+
+
+@pytest.mark.parametrize("loss, expected", [
+    # margins h = (π_c − ref_c) − (π_r − ref_r) = (0.5 − (−1.0), 0 − (−0.5)) = (1.5, 0.5); β = 0.2
+    ("sigmoid", [math.log1p(math.exp(-0.3)), math.log1p(math.exp(-0.1))]),  # −log σ(β·h)
+    ("hinge", [0.7, 0.9]),  # max(0, 1 − β·h)
+    ("ipo", [1.0, 4.0]),  # (h − 1/(2β))² = (1.5 − 2.5)², (0.5 − 2.5)²
+])
+def test_dpo_losses_by_hand(loss, expected):
+    import torch
+
+    from llama_stack_scalarlm.trainer.backend import dpo_losses
+
+    policy = torch.tensor([-1.0, -3.0, -2.0, -2.5], dtype=torch.float64)  # chosen, rejected, chosen, rejected
+    reference = torch.tensor([-1.5, -2.0, -2.0, -2.0], dtype=torch.float64)
+    torch.testing.assert_close(dpo_losses(policy, reference, 0.2, loss), torch.tensor(expected, dtype=torch.float64))
+
+
 def _write(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -372,7 +401,7 @@ def test_sbatch_script(tmp_path):
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
     for expected in ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=16", "--gres=gpu:4", "--time=90",
-                     "--requeue", "--signal=B:USR1@60", f"--output={job_dir}/slurm.log", "--open-mode=append"):
+                     "--requeue", "--signal=B:USR1@60", f'--output="{job_dir}/slurm.log"', "--open-mode=append"):
         assert f"#SBATCH {expected}" in lines, expected
     assert "--nnodes=2" in script and "--nproc-per-node=4" in script and "--rdzv-backend=c10d" in script
     assert "SIGUSR1" in script and "trap 'forward USR1' USR1" in script and "trap 'forward TERM' TERM" in script

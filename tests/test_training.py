@@ -40,7 +40,7 @@ def stack(slurm_cluster):
 
 @pytest.fixture(scope="module")
 def client(stack):
-    return ScalarLMClient(stack.url, timeout_s=300)
+    return ScalarLMClient(stack.url, timeout_s=300, api_key=stack.token)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def facts_sha(client, tmp_path_factory):
 
 
 def ask(stack, model, question):
-    chat = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none", timeout=120)
+    chat = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.token, timeout=120)
     reply = chat.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
                                          max_tokens=8, temperature=0)
     return reply.choices[0].message.content
@@ -60,7 +60,7 @@ def ask(stack, model, question):
 def wait_listed(stack, model_id, timeout_s):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        if model_id in {m["id"] for m in httpx.get(f"{stack.url}/v1/models").json()["data"]}:
+        if model_id in {m["id"] for m in httpx.get(f"{stack.url}/v1/models", headers=stack.headers).json()["data"]}:
             return True
         time.sleep(0.25)
     return False
@@ -167,6 +167,9 @@ def test_next_full_finetune_takes_the_spare_engine_and_evicted_jobs_come_back(st
     ({"hyperparam_search_config": {"backend": "megatron", "tensor_parallel": 2, "processes_per_node": 3}},
      "tensor_parallel"),
     ({"job_uuid": "../escape"}, "job_uuid"),
+    ({"validation_dataset_id": "held-out"}, "validation_dataset_id"),  # accepted and ignored before
+    ({"logger_config": {"wandb_project": "p"}}, "logger_config"),
+    ({"batch_size": 3, "hyperparam_search_config": {"processes_per_node": 2}}, "not a multiple of the 2"),
 ])
 def test_bad_training_input_is_a_400_and_submits_nothing(stack, client, facts_sha, change, field):
     before = len(client.jobs())
@@ -188,7 +191,8 @@ def test_bad_training_input_is_a_400_and_submits_nothing(stack, client, facts_sh
             body["training_config"]["optimizer_config"]["lr"] = value
         else:
             body["training_config"]["data_config"][key] = value
-    response = httpx.post(f"{stack.url}/v1alpha/post-training/supervised-fine-tune", json=body, timeout=60)
+    response = httpx.post(f"{stack.url}/v1alpha/post-training/supervised-fine-tune", json=body, timeout=60,
+                          headers=stack.headers)
     assert response.status_code == 400, response.text
     assert field in response.text
     assert len(client.jobs()) == before
@@ -254,19 +258,20 @@ def test_llama_stack_dataset_through_the_post_training_routes(stack, client):
     from llama_stack_client import LlamaStackClient
 
     rows = [{"input_query": q, "expected_answer": a} for q, a in FACTS]
-    LlamaStackClient(base_url=stack.url).beta.datasets.register(
+    LlamaStackClient(base_url=stack.url, api_key=stack.token).beta.datasets.register(
         purpose="eval/question-answer", source={"type": "rows", "rows": rows}, dataset_id="facts-rows"
     )
     base = f"{stack.url}/v1alpha/post-training"
-    job = httpx.post(f"{base}/supervised-fine-tune", json=sft_body("my-run", "facts-rows"), timeout=60).json()["job_uuid"]
+    job = httpx.post(f"{base}/supervised-fine-tune", json=sft_body("my-run", "facts-rows"), timeout=60,
+                     headers=stack.headers).json()["job_uuid"]
     assert job.startswith("job-")
-    status = httpx.get(f"{base}/jobs/my-run/status").json()  # the caller's job_uuid works too
+    status = httpx.get(f"{base}/jobs/my-run/status", headers=stack.headers).json()  # the caller's job_uuid works too
     assert status["job_uuid"] == job and status["status"] in ("scheduled", "in_progress", "completed")
     assert client.follow(job).state == "COMPLETED"
-    artifacts = httpx.get(f"{base}/job/artifacts", params={"job_uuid": job}).json()
+    artifacts = httpx.get(f"{base}/job/artifacts", params={"job_uuid": job}, headers=stack.headers).json()
     assert artifacts["checkpoints"] and Path(artifacts["checkpoints"][-1]["path"]).is_dir()
-    assert job in {j["job_uuid"] for j in httpx.get(f"{base}/jobs").json()["data"]}
-    assert httpx.get(f"{base}/jobs/no-such-job/status").status_code == 404
+    assert job in {j["job_uuid"] for j in httpx.get(f"{base}/jobs", headers=stack.headers).json()["data"]}
+    assert httpx.get(f"{base}/jobs/no-such-job/status", headers=stack.headers).status_code == 404
 
 
 def test_preference_optimization_runs_dpo(stack, client, tmp_path):
@@ -277,7 +282,8 @@ def test_preference_optimization_runs_dpo(stack, client, tmp_path):
     body = sft_body("dpo-run", f"sha256:{sha}", steps=12)
     body.pop("model")
     body |= {"finetuned_model": TINY, "algorithm_config": {"beta": 0.1, "loss_type": "sigmoid"}}
-    response = httpx.post(f"{stack.url}/v1alpha/post-training/preference-optimize", json=body, timeout=60)
+    response = httpx.post(f"{stack.url}/v1alpha/post-training/preference-optimize", json=body, timeout=60,
+                          headers=stack.headers)
     assert response.status_code == 200, response.text
     status = client.follow(response.json()["job_uuid"])
     assert status.state == "COMPLETED", status.error
@@ -289,7 +295,7 @@ def test_cli_ls_logs_plot_squeue(stack, client, tmp_path, capsys):
 
     job = next(j.job_id for j in client.jobs() if j.state == "COMPLETED")
     for args in (["ls"], ["logs", job], ["squeue"], ["plot", job, "-o", str(tmp_path / "loss.png")]):
-        assert cli(["--url", stack.url, *args]) == 0
+        assert cli(["--url", stack.url, "--api-key", stack.token, *args]) == 0
     out = capsys.readouterr().out
     assert job in out and "[trainer]" in out and "JOBID" in out
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

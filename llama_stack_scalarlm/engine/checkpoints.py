@@ -2,7 +2,8 @@
 
 A worker for base model B serves, beside B, every LoRA job trained on B (newest complete
 checkpoint of each). A worker started for a full fine-tune job serves that job and reloads its
-weights as newer checkpoints appear. Job configs never change, so they are read once.
+weights as newer checkpoints appear. What is read of a job here (its base model, whether it is a
+LoRA) is part of its id and never changes, so each job.json is read once.
 """
 
 from __future__ import annotations

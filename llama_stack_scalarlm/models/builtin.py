@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +118,15 @@ def _tiny_corpus() -> list[str]:
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {SMOLLM2: build_smollm2, TINY: build_tiny_llama}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m llama_stack_scalarlm.models.builtin MODELS_DIR NAME``: build a built-in model into the
+    store and print its directory. The server runs it to train on a built-in model no worker has built
+    yet: the job id needs the model's bytes, and the server process loads no torch."""
+    root, name = argv if argv is not None else sys.argv[1:]
+    print(ensure_model(ModelStore(Path(root)), name))
+
+
+if __name__ == "__main__":
+    main()

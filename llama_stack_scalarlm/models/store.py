@@ -1,8 +1,10 @@
-"""Where models live and whether they are complete. No torch here: the server lists models with it."""
+"""Where models live, whether they are complete, and what their bytes are. No torch here: the server
+lists and hashes models with it."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -10,9 +12,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from ..paths import safe_join
+from ..registry.files import read_model, write_model
 
 READY_MARK = ".scalarlm-ready"
+_HASHES = ".scalarlm-sha256.json"
+
+
+class _FileHash(BaseModel):
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+class _HashCache(BaseModel):
+    files: dict[str, _FileHash] = {}
 
 
 class ModelStore:
@@ -29,6 +45,36 @@ class ModelStore:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / READY_MARK).exists())
+
+    def content_hash(self, name: str) -> str:
+        """sha256 over every file of the model (weights, config, tokenizer, ...; not our dotfiles), by
+        relative path. Each file's hash is cached in the model directory under its size and mtime, so
+        a large model is read once, and a file rewritten later is read again."""
+        root = self.path(name)
+        cache_path = root / _HASHES
+        try:
+            cached = read_model(cache_path, _HashCache).files
+        except (OSError, ValueError):
+            cached = {}
+        files = {}
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            relative = path.relative_to(root).as_posix()
+            if any(part.startswith(".") for part in relative.split("/")):
+                continue
+            stat = path.stat()
+            known = cached.get(relative)
+            if known is None or (known.size, known.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+                known = _FileHash(size=stat.st_size, mtime_ns=stat.st_mtime_ns, sha256=_sha256(path))
+            files[relative] = known
+        if files != cached:
+            try:
+                write_model(cache_path, _HashCache(files=files))
+            except OSError:  # a read-only store: hashed again next time
+                pass
+        digest = hashlib.sha256()
+        for relative, known in files.items():
+            digest.update(f"{relative}\0{known.sha256}\n".encode())
+        return digest.hexdigest()
 
     def build(self, name: str, builder: Callable[[Path], None]) -> Path:
         """Run ``builder(tmpdir)`` once across processes and publish its output atomically as ``name``."""
@@ -54,3 +100,11 @@ class ModelStore:
         with open(self.root / f".{name}.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,35 +1,43 @@
 """Job ids and job directories on the shared filesystem.
 
-A job's id is the hash of what determines its result: the dataset's bytes (by their sha256), the
-trainer code version, the base model and the normalized hyperparameters. Submitting the same job
-twice finds the same directory and trains once.
+A job's id is the hash of what determines its trained weights: the dataset's bytes (by their
+sha256), the trainer code version, the base model (its name, which is what serves the result, and
+its bytes) and the hyperparameters other than the run settings (``schema.RUN_SETTINGS``).
+Submitting the same job twice finds the same directory and trains once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..paths import safe_join
+from .checkpoints import checkpoint_infos
 from .files import read_model, write_atomic, write_model
 from .schema import CheckpointInfo, Hyperparameters, JobStatus, TrainingJob
 
-COMPLETE_MARK = ".complete"
 JOB_PREFIX = "job-"
+_LOCK = ".launch.lock"
+_LAUNCHING = ".launching"
 
 
-def job_id_for(dataset_sha256: str, trainer_version: str, base_model: str, hyperparameters: Hyperparameters) -> str:
+def job_id_for(dataset_sha256: str, trainer_version: str, base_model: str, base_model_sha256: str,
+               hyperparameters: Hyperparameters) -> str:
     canonical = json.dumps(
         {
             "dataset": dataset_sha256,
             "trainer": trainer_version,
             "base_model": base_model,
-            "hyperparameters": hyperparameters.model_dump(mode="json"),
+            "base_model_sha256": base_model_sha256,
+            "hyperparameters": hyperparameters.weight_settings(),
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -84,16 +92,48 @@ class JobRegistry:
     def job(self, job_id: str) -> TrainingJob:
         return read_model(self.dir(job_id) / "job.json", TrainingJob)
 
+    def write_job(self, job: TrainingJob) -> None:
+        """Replace a job's configuration (a stopped job launched with other run settings)."""
+        write_model(self.dir(job.job_id) / "job.json", job)
+
+    def recorded_status(self, job_id: str) -> JobStatus:
+        """status.json as written, without listing the checkpoints."""
+        return read_model(self.dir(job_id) / "status.json", JobStatus)
+
     def status(self, job_id: str) -> JobStatus:
-        status = read_model(self.dir(job_id) / "status.json", JobStatus)
+        status = self.recorded_status(job_id)
         status.checkpoints = self.checkpoints(job_id)
         return status
 
     def update_status(self, job_id: str, **changes) -> JobStatus:
-        status = read_model(self.dir(job_id) / "status.json", JobStatus)
-        status = status.model_copy(update={**changes, "updated": time.time()})
+        status = self.recorded_status(job_id).model_copy(update={**changes, "updated": time.time()})
         write_model(self.dir(job_id) / "status.json", status)
         return status
+
+    @contextmanager
+    def launch_lock(self, job_id: str, blocking: bool = True) -> Iterator[bool]:
+        """Exclusive across threads, processes and (where the filesystem supports flock) hosts: yields
+        False at once instead of waiting when ``blocking`` is False and another holder has it."""
+        with open(self.dir(job_id) / _LOCK, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+    def launching_since(self, job_id: str) -> float | None:
+        """When an sbatch of this job whose outcome is unknown began (None: there is none)."""
+        try:
+            return (self.dir(job_id) / _LAUNCHING).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def mark_launching(self, job_id: str) -> None:
+        (self.dir(job_id) / _LAUNCHING).touch()
+
+    def clear_launching(self, job_id: str) -> None:
+        (self.dir(job_id) / _LAUNCHING).unlink(missing_ok=True)
 
     def job_ids(self) -> list[str]:
         if not self.root.is_dir():
@@ -101,15 +141,8 @@ class JobRegistry:
         return sorted(p.name for p in self.root.iterdir() if p.name.startswith(JOB_PREFIX) and (p / "job.json").exists())
 
     def checkpoints(self, job_id: str) -> list[CheckpointInfo]:
-        """Complete checkpoints, oldest first (a checkpoint is complete once its marker exists)."""
-        found = []
-        for path in (self.dir(job_id) / "checkpoints").glob("checkpoint-*"):
-            if not (path / COMPLETE_MARK).exists():
-                continue
-            step = int(path.name.rsplit("-", 1)[1])
-            kind = "lora" if (path / "adapter_config.json").exists() else "full"
-            found.append(CheckpointInfo(step=step, path=str(path), kind=kind))
-        return sorted(found, key=lambda c: c.step)
+        """Complete checkpoints, oldest first."""
+        return checkpoint_infos(self.dir(job_id) / "checkpoints")
 
     def latest_checkpoint(self, job_id: str) -> CheckpointInfo | None:
         checkpoints = self.checkpoints(job_id)

@@ -1,13 +1,16 @@
 """What a training job is, on disk: the contract between the registry, SLURM jobs and the trainer.
 
 A job directory ``<state_dir>/jobs/<job_id>/`` holds:
-- ``job.json``: :class:`TrainingJob` (written once, by the registry, before sbatch)
+- ``job.json``: :class:`TrainingJob` (written by the registry before sbatch; rewritten only when a
+  stopped job is launched again with other :data:`RUN_SETTINGS`)
 - ``dataset.jsonl``: the training data (a hard link or copy of the content-addressed upload)
 - ``status.json``: :class:`JobStatus` (rewritten atomically by the trainer and the registry)
-- ``slurm.log``: the SLURM job's output
+- ``slurm.log``: the SLURM job's output; ``train.sbatch``: the script of the newest launch
+- ``.launch.lock`` (held by whoever launches or cancels the job) and ``.launching`` (an sbatch whose
+  outcome is not known yet: it timed out, and the job may be queued anyway)
 - ``checkpoints/checkpoint-<step>/``: Hugging Face format (full safetensors + tokenizer, or a PEFT
   LoRA adapter), plus ``trainer_state.pt`` (optimizer, scheduler, RNG, data position) for resume;
-  a checkpoint is complete when its ``.complete`` marker exists.
+  a checkpoint is complete when its ``.complete`` marker exists (:mod:`.checkpoints`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from pydantic import BaseModel, Field, model_validator
 
 JobState = Literal["QUEUED", "TRAINING", "COMPLETED", "FAILED", "CANCELLED"]
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+
+RUN_SETTINGS = frozenset({"time_limit_minutes", "checkpoint_every", "keep_checkpoints", "nodes",
+                          "processes_per_node", "gpus_per_node"})
+"""Hyperparameters that do not change the trained weights (a resumed run ends with the weights of an
+uninterrupted one, and every layout trains on the same rows per step): the job's configuration,
+left out of its id, which a resubmission may change."""
 
 
 class LoraSettings(BaseModel):
@@ -43,10 +52,12 @@ class Hyperparameters(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     max_seq_len: int = Field(512, ge=8)
     pack_sequences: bool = True
+    shuffle: bool = Field(True, description="a seeded shuffle each epoch; False: the rows in the file's order")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (and one at the end)")
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept")
     dpo_beta: float = Field(0.1, gt=0)
+    dpo_loss: Literal["sigmoid", "hinge", "ipo"] = Field("sigmoid", description="DPO, RSO's hinge, or IPO")
     tensor_parallel: int = Field(1, ge=1, description="megatron backend: tensor-parallel size")
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
@@ -61,15 +72,30 @@ class Hyperparameters(BaseModel):
             raise ValueError("processes_per_node: must equal gpus_per_node on GPUs")
         if self.backend == "megatron" and self.lora is not None:
             raise ValueError("lora: the megatron backend trains full weights only")
-        if self.backend == "megatron" and (self.nodes * self.processes_per_node) % self.tensor_parallel:
+        if self.backend == "megatron" and self.world_size % self.tensor_parallel:
             raise ValueError("tensor_parallel: must divide nodes × processes_per_node")
         return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_node
+
+    @property
+    def data_parallel(self) -> int:
+        """Model replicas a step's rows are split over (megatron's tensor-parallel ranks share theirs)."""
+        return self.world_size // self.tensor_parallel if self.backend == "megatron" else self.world_size
+
+    def weight_settings(self) -> dict:
+        """What determines the trained weights: everything but :data:`RUN_SETTINGS`."""
+        return self.model_dump(mode="json", exclude=set(RUN_SETTINGS))
 
 
 class TrainingJob(BaseModel):
     job_id: str
     base_model: str = Field(..., description="name in the model store")
     base_model_path: str = Field(..., description="absolute path of the base model's HF directory")
+    base_model_sha256: str = Field("", description="the base model's content hash (ModelStore.content_hash); "
+                                   "empty in jobs recorded before models were hashed")
     dataset_sha256: str
     trainer_version: str
     hyperparameters: Hyperparameters

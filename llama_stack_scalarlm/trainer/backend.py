@@ -102,7 +102,8 @@ class TrainingBackend(ABC):
             with torch.no_grad():
                 reference = sequence_logprobs(self.token_logprobs(batch, reference=True), batch)
             policy = sequence_logprobs(self.token_logprobs(batch), batch)
-            return dpo_losses(policy, reference, self.job.hyperparameters.dpo_beta).sum(), batch.num_sequences // 2
+            hp = self.job.hyperparameters
+            return dpo_losses(policy, reference, hp.dpo_beta, hp.dpo_loss).sum(), batch.num_sequences // 2
         logprobs = self.token_logprobs(batch)
         return -logprobs.sum(), logprobs.numel()
 
@@ -113,7 +114,15 @@ def sequence_logprobs(token_logprobs: torch.Tensor, batch: MicroBatch) -> torch.
     return sums.index_add(0, batch.label_sequence, token_logprobs)
 
 
-def dpo_losses(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-pair DPO loss, -log σ(β·[(π_c − ref_c) − (π_r − ref_r)]); sequences alternate chosen, rejected."""
+def dpo_losses(policy: torch.Tensor, reference: torch.Tensor, beta: float,
+               loss: Literal["sigmoid", "hinge", "ipo"] = "sigmoid") -> torch.Tensor:
+    """Per-pair loss of the margin h = (π_c − ref_c) − (π_r − ref_r) of sequence log-probabilities
+    (sequences alternate chosen, rejected), as torchtune defines them: ``sigmoid`` −log σ(β·h) (DPO),
+    ``hinge`` max(0, 1 − β·h) (RSO), ``ipo`` (h − 1/(2β))² (IPO)."""
     ratios = policy - reference
-    return -F.logsigmoid(beta * (ratios[0::2] - ratios[1::2]))
+    margin = ratios[0::2] - ratios[1::2]
+    if loss == "hinge":
+        return torch.relu(1 - beta * margin)
+    if loss == "ipo":
+        return (margin - 1 / (2 * beta)) ** 2
+    return -F.logsigmoid(beta * margin)

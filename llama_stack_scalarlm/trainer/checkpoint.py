@@ -2,22 +2,20 @@
 
 ``checkpoints/.tmp-checkpoint-<step>/`` is filled (HF files by rank 0, ``trainer_state.pt`` by rank
 0 and ``trainer_state.rank<r>.pt`` by every other rank), fsynced, marked with ``.complete`` and
-renamed to ``checkpoint-<step>``. Old checkpoints are renamed away before they are deleted.
+renamed to ``checkpoint-<step>`` (the name and the marker that readers go by are
+:mod:`..registry.checkpoints`'s). Old checkpoints are renamed away before they are deleted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from ..registry.checkpoints import COMPLETE_MARK, checkpoint_name, complete_checkpoints
 from ..registry.files import fsync_path
-
-COMPLETE_MARK = ".complete"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 def state_file(directory: Path, rank: int) -> Path:
@@ -30,14 +28,7 @@ class CheckpointDir:
 
     def complete(self) -> list[tuple[int, Path]]:
         """(step, path) of every complete checkpoint, oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for path in self.root.iterdir():
-            match = _NAME.match(path.name)
-            if match and (path / COMPLETE_MARK).exists():
-                found.append((int(match.group(1)), path))
-        return sorted(found)
+        return complete_checkpoints(self.root)
 
     def latest(self) -> tuple[int, Path] | None:
         found = self.complete()
@@ -51,11 +42,11 @@ class CheckpointDir:
                     shutil.rmtree(path, ignore_errors=True)
 
     def staging(self, step: int) -> Path:
-        return self.root / f".tmp-checkpoint-{step}"
+        return self.root / f".tmp-{checkpoint_name(step)}"
 
     def publish(self, step: int) -> Path:
         """Make the staged checkpoint durable and visible (rank 0, after every rank wrote its files)."""
-        staging, final = self.staging(step), self.root / f"checkpoint-{step}"
+        staging, final = self.staging(step), self.root / checkpoint_name(step)
         for path in staging.rglob("*"):
             if path.is_file():
                 fsync_path(path)

@@ -19,8 +19,9 @@ each other (``tests/test_trainer.py`` checks the logits equal unpacked ones). Pa
 segment with label -100.
 
 The order is a pure function of (seed, epoch): each epoch shuffles the examples with
-``numpy.random.default_rng([seed, epoch])`` and packs them greedily; a :class:`DataPosition`
-(epoch, row index) is all a resumed run needs to continue the same stream.
+``numpy.random.default_rng([seed, epoch])`` (or, with ``shuffle`` off, keeps the file's order) and
+packs them greedily; a :class:`DataPosition` (epoch, row index) is all a resumed run needs to
+continue the same stream.
 """
 
 from __future__ import annotations
@@ -183,9 +184,11 @@ def _tokenize(tokenizer: Any, conversations: list[tuple[list[dict], int]], limit
 # ------------------------------------------------------------------------------------------ order
 
 
-def epoch_rows(lengths: np.ndarray, seed: int, epoch: int, max_seq_len: int, pack: bool) -> list[list[int]]:
-    """The epoch's rows (lists of example indices): a seeded shuffle, then greedy packing in that order."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(lengths))
+def epoch_rows(lengths: np.ndarray, seed: int, epoch: int, max_seq_len: int, pack: bool,
+               shuffle: bool = True) -> list[list[int]]:
+    """The epoch's rows (lists of example indices): a seeded shuffle (or the file's order), then greedy
+    packing in that order."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(lengths)) if shuffle else np.arange(len(lengths))
     if not pack:
         return [[int(i)] for i in order]
     rows: list[list[int]] = []
@@ -204,15 +207,16 @@ def epoch_rows(lengths: np.ndarray, seed: int, epoch: int, max_seq_len: int, pac
 class DataStream:
     """An endless stream of rows over epochs, resumable from a :class:`DataPosition`."""
 
-    def __init__(self, examples: list[Example], seed: int, max_seq_len: int, pack: bool, position: DataPosition):
+    def __init__(self, examples: list[Example], seed: int, max_seq_len: int, pack: bool, position: DataPosition,
+                 shuffle: bool = True):
         self.examples = examples
         self._lengths = np.asarray([e.length for e in examples], dtype=np.int64)
-        self._seed, self._max_seq_len, self._pack = seed, max_seq_len, pack
+        self._seed, self._max_seq_len, self._pack, self._shuffle = seed, max_seq_len, pack, shuffle
         self.position = DataPosition(position.epoch, position.index)
         self._rows = self._epoch(self.position.epoch)
 
     def _epoch(self, epoch: int) -> list[list[int]]:
-        return epoch_rows(self._lengths, self._seed, epoch, self._max_seq_len, self._pack)
+        return epoch_rows(self._lengths, self._seed, epoch, self._max_seq_len, self._pack, self._shuffle)
 
     def take(self, n: int) -> list[list[Example]]:
         taken = []

@@ -21,6 +21,21 @@ SIGNAL_LEAD_S = 60
 """Seconds before the time limit that SLURM warns the job: enough to write one checkpoint."""
 
 
+def slurm_job_name(job_id: str) -> str:
+    """The SLURM job name of a training job: how a submission whose reply was lost is found again."""
+    return f"scalarlm-{job_id[:24]}"
+
+
+def sbatch_path(path: Path) -> str:
+    """A path as an ``#SBATCH --output`` value. sbatch splits those lines itself: double quotes group
+    (a backslash escapes the next character), and slurmd expands ``%`` symbols (``%%`` is a literal
+    ``%``) unless the name holds a backslash, which it then drops: such a path cannot be given."""
+    text = str(path)
+    if "\\" in text or "\n" in text:
+        raise ValueError(f"SLURM cannot write a log under {text!r} (a backslash or newline in the path)")
+    return '"' + text.replace('"', '\\"').replace("%", "%%") + '"'
+
+
 def render_sbatch_script(job: TrainingJob, job_dir: Path, python: str, cpus_per_task: int | None = None) -> str:
     """A bash script for ``sbatch``. ``cpus_per_task`` defaults to one per process on CPUs, four per GPU."""
     hp = job.hyperparameters
@@ -31,7 +46,7 @@ def render_sbatch_script(job: TrainingJob, job_dir: Path, python: str, cpus_per_
     status = job_dir / "status.json"
     q = shlex.quote
     sbatch = [
-        f"--job-name=scalarlm-{job.job_id[:24]}",
+        f"--job-name={slurm_job_name(job.job_id)}",
         f"--nodes={hp.nodes}",
         "--ntasks-per-node=1",
         f"--cpus-per-task={cpus}",
@@ -39,8 +54,8 @@ def render_sbatch_script(job: TrainingJob, job_dir: Path, python: str, cpus_per_
         f"--time={hp.time_limit_minutes}",
         "--requeue",
         f"--signal=B:USR1@{SIGNAL_LEAD_S}",
-        f"--output={log}",
-        f"--error={log}",
+        f"--output={sbatch_path(log)}",
+        f"--error={sbatch_path(log)}",
         "--open-mode=append",
     ]
     header = "\n".join(f"#SBATCH {line}" for line in sbatch)

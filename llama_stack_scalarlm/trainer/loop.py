@@ -134,7 +134,7 @@ def train(job: TrainingJob, job_dir: Path, device: torch.device, stop: StopReque
             checkpoints.prune(hp.keep_checkpoints)
             status.checkpointed(infos())
 
-    stream = DataStream(examples, hp.seed, hp.max_seq_len, hp.pack_sequences, position)
+    stream = DataStream(examples, hp.seed, hp.max_seq_len, hp.pack_sequences, position, hp.shuffle)
     status.training(start, history, infos())
     replica, replicas = backend.data_parallel
     rows_per_step = -(-hp.batch_size // replicas) * replicas

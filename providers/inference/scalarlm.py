@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import contextmanager
 
 from llama_stack_api import (
     Model,
@@ -156,7 +157,8 @@ class ScalarLMInferenceProvider:
         )
 
     async def _wait(self, request_id: str) -> GenerationResult:
-        result = await self.runtime.queue.wait(request_id, principal(), self.runtime.config.limits.request_timeout_s)
+        with _queue_errors():
+            result = await self.runtime.queue.wait(request_id, principal(), self.runtime.config.limits.request_timeout_s)
         _raise_for_error(result)
         return result
 
@@ -165,7 +167,8 @@ class ScalarLMInferenceProvider:
     ) -> AsyncIterator[OpenAIChatCompletionChunk]:
         events = self.runtime.queue.stream(request_id, principal(), self.runtime.config.limits.request_timeout_s)
         try:
-            first = await anext(events)
+            with _queue_errors():
+                first = await anext(events)
             _raise_for_error(first)  # refused input is a 4xx, before any byte of the stream is sent
         except BaseException:
             await events.aclose()
@@ -189,7 +192,8 @@ class ScalarLMInferenceProvider:
                         if include_usage:
                             yield chunk([], usage=_usage(item))
                         return
-                    item = await anext(events)
+                    with _queue_errors():
+                        item = await anext(events)
             finally:
                 await events.aclose()
 
@@ -209,6 +213,17 @@ def _message_dict(index: int, message) -> dict:
             parts.append(text)
         content = "".join(parts)
     return {"role": message.role, "content": content}
+
+
+@contextmanager
+def _queue_errors():
+    """What the queue raises while a caller waits, as the HTTP errors they are."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise RequestFailedError(f"request: {exc} (limits.request_timeout_s)", 504) from None
+    except KeyError:
+        raise RequestFailedError("request: cancelled or expired while waiting", 410) from None
 
 
 def _raise_for_error(item) -> None:

@@ -8,6 +8,12 @@ Choices where the 0.6 API and ScalarLM differ (README, "Training"):
   ScalarLM names.
 - ``dataset_id`` names a Llama Stack dataset (rows read through datasetio) or a ScalarLM upload
   as ``sha256:<hex>``.
+- Every other 0.6 field is honoured, or a 400 naming it when it asks for something ScalarLM does not
+  do (defaults that describe what it does pass): no validation set is evaluated, no training logger
+  runs, checkpoints live in the job directory, the optimizer is AdamW, and weights train in fp32
+  (bf16 compute on GPUs, ``dtype``'s default). ``apply_lora_to_output`` is refused because vLLM
+  serves LoRA adapters on the attention and MLP projections, not on the output head.
+- Every blocking call (files, SLURM) runs in a thread, off the server's event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from llama_stack_scalarlm.api.post_training import (
     CancelTrainingJobRequest,
     Checkpoint,
     DataConfig,
+    DPOAlignmentConfig,
     GetTrainingJobArtifactsRequest,
     GetTrainingJobStatusRequest,
     JobStatus,
@@ -60,8 +67,11 @@ _API_FIELDS = {
     "warmup_steps": "training_config.optimizer_config.num_warmup_steps",
     "steps": "training_config.max_steps_per_epoch",
     "batch_size": "training_config.data_config.batch_size",
+    "pack_sequences": "training_config.data_config.packed",
+    "shuffle": "training_config.data_config.shuffle",
     "gradient_accumulation_steps": "training_config.gradient_accumulation_steps",
 }
+_NO_VALIDATION_STEPS = (None, 0, 1)  # 1 is 0.6's default; with no validation set it bounds nothing
 
 
 class ScalarLMPostTrainingProvider:
@@ -75,26 +85,30 @@ class ScalarLMPostTrainingProvider:
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         if not request.model:
             raise InvalidFieldError("model", "the base model to fine-tune is required")
-        lora = None
-        if request.algorithm_config is not None:
-            if not isinstance(request.algorithm_config, LoraFinetuningConfig):
-                raise InvalidFieldError("algorithm_config.type", f"{request.algorithm_config.type} is not supported")
-            lora = _lora(request.algorithm_config)
-        hyper = _hyperparameters(request.training_config, request.hyperparam_search_config, method="sft", lora=lora)
+        _check_request(request)
+        if request.algorithm_config is not None and not isinstance(request.algorithm_config, LoraFinetuningConfig):
+            raise InvalidFieldError("algorithm_config.type", f"{request.algorithm_config.type} is not supported")
+        hyper = _hyperparameters(request.training_config, request.hyperparam_search_config, method="sft",
+                                 lora=_lora(request.algorithm_config))
         return await self._submit(request.job_uuid, request.model, request.training_config, hyper)
 
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        _check_request(request)
         hyper = _hyperparameters(
             request.training_config, request.hyperparam_search_config, method="dpo",
-            dpo_beta=request.algorithm_config.beta,
+            dpo_beta=request.algorithm_config.beta, dpo_loss=_dpo_loss(request.algorithm_config),
         )
         return await self._submit(request.job_uuid, request.finetuned_model, request.training_config, hyper)
 
     async def get_training_jobs(self) -> ListPostTrainingJobsResponse:
-        return ListPostTrainingJobsResponse(data=[PostTrainingJob(job_uuid=s.job_id) for s in self.training.jobs()])
+        jobs = await asyncio.to_thread(self.training.jobs)
+        return ListPostTrainingJobsResponse(data=[PostTrainingJob(job_uuid=s.job_id) for s in jobs])
 
     async def get_training_job_status(self, request: GetTrainingJobStatusRequest) -> PostTrainingJobStatusResponse:
-        status = self.training.status(self._job_id(request.job_uuid))
+        return await asyncio.to_thread(self._status_response, request.job_uuid)
+
+    def _status_response(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        status = self.training.status(self._job_id(job_uuid))
         started = status.loss_history[0].elapsed_s if status.loss_history else None
         return PostTrainingJobStatusResponse(
             job_uuid=status.job_id,
@@ -110,13 +124,12 @@ class ScalarLMPostTrainingProvider:
         )
 
     async def cancel_training_job(self, request: CancelTrainingJobRequest) -> None:
-        # waits for the SLURM job to end: off the event loop
-        await asyncio.to_thread(self.training.cancel, self._job_id(request.job_uuid))
+        await asyncio.to_thread(lambda: self.training.cancel(self._job_id(request.job_uuid)))  # waits for SLURM
 
     async def get_training_job_artifacts(
         self, request: GetTrainingJobArtifactsRequest
     ) -> PostTrainingJobArtifactsResponse:
-        status = self.training.status(self._job_id(request.job_uuid))
+        status = await asyncio.to_thread(lambda: self.training.status(self._job_id(request.job_uuid)))
         return PostTrainingJobArtifactsResponse(job_uuid=status.job_id, checkpoints=_checkpoints(status))
 
     async def shutdown(self) -> None:
@@ -138,7 +151,7 @@ class ScalarLMPostTrainingProvider:
             raise InvalidFieldError("training_config.data_config", "required: it names the dataset")
         sha256 = await self._dataset(training.data_config)
         status = await asyncio.to_thread(self.training.submit, model, sha256, hyper)
-        self.training.registry.add_alias(alias, status.job_id)
+        await asyncio.to_thread(self.training.registry.add_alias, alias, status.job_id)
         return PostTrainingJob(job_uuid=status.job_id)
 
     async def _dataset(self, data: DataConfig) -> str:
@@ -150,7 +163,8 @@ class ScalarLMPostTrainingProvider:
         except Exception as exc:
             raise InvalidFieldError("training_config.data_config.dataset_id", f"{data.dataset_id!r}: {exc}") from exc
         lines = [json.dumps(_row(row, data.data_format.value)) for row in page.data]
-        return self.training.uploads.put_bytes(("\n".join(lines) + "\n").encode() if lines else b"")
+        return await asyncio.to_thread(self.training.uploads.put_bytes,
+                                       ("\n".join(lines) + "\n").encode() if lines else b"")
 
 
 def _row(row: dict, data_format: str) -> dict:
@@ -160,12 +174,28 @@ def _row(row: dict, data_format: str) -> dict:
     return row
 
 
-def _lora(config: LoraFinetuningConfig) -> LoraSettings:
+def _check_request(request: SupervisedFineTuneRequest | PreferenceOptimizeRequest) -> None:
+    """The request-level fields ScalarLM has no use for must ask for nothing."""
+    if request.logger_config:
+        raise InvalidFieldError("logger_config", "no training logger runs here: the loss history is in the job's "
+                                                 "status (GET /v1/scalarlm/training/jobs/{id})")
+    if getattr(request, "checkpoint_dir", None) is not None:
+        raise InvalidFieldError("checkpoint_dir", "checkpoints are written to the job's directory, where the "
+                                                  "server serves them from")
+
+
+def _lora(config: LoraFinetuningConfig | None) -> LoraSettings | None:
+    if config is None:
+        return None
     unknown = [m for m in config.lora_attn_modules if m not in _MODULES]
     if unknown:
         raise InvalidFieldError("algorithm_config.lora_attn_modules", f"unknown modules {unknown}")
-    if config.use_dora or config.quantize_base:
-        raise InvalidFieldError("algorithm_config", "use_dora and quantize_base are not supported")
+    if config.apply_lora_to_output:
+        raise InvalidFieldError("algorithm_config.apply_lora_to_output",
+                                "vLLM serves LoRA adapters on attention and MLP projections, not on the output head")
+    for flag in ("use_dora", "quantize_base"):
+        if getattr(config, flag):
+            raise InvalidFieldError(f"algorithm_config.{flag}", "not supported")
     modules = sorted({_MODULES[m] for m in config.lora_attn_modules} | (set(_MLP) if config.apply_lora_to_mlp else set()))
     try:
         return LoraSettings(rank=config.rank, alpha=config.alpha, target_modules=modules)
@@ -173,21 +203,25 @@ def _lora(config: LoraFinetuningConfig) -> LoraSettings:
         raise InvalidFieldError(f"algorithm_config.{_first_loc(exc)}", _first_msg(exc)) from None
 
 
+def _dpo_loss(config: DPOAlignmentConfig) -> str:
+    if config.loss_type.value == "kto_pair":
+        raise InvalidFieldError("algorithm_config.loss_type", "kto_pair is not supported (sigmoid, hinge or ipo)")
+    return config.loss_type.value
+
+
 def _hyperparameters(training: TrainingConfig, overrides: dict, **fixed) -> Hyperparameters:
-    values: dict = {"steps": training.n_epochs * training.max_steps_per_epoch,
-                    "gradient_accumulation_steps": training.gradient_accumulation_steps}
-    if training.data_config is not None:
-        values |= {"batch_size": training.data_config.batch_size,
-                   "pack_sequences": bool(training.data_config.packed)}
-        if training.data_config.train_on_input:
-            raise InvalidFieldError("training_config.data_config.train_on_input", "not supported")
-    if (opt := training.optimizer_config) is not None:
-        if opt.optimizer_type.value not in ("adam", "adamw"):
-            raise InvalidFieldError("training_config.optimizer_config.optimizer_type", "only adamw is supported")
-        values |= {"learning_rate": opt.lr, "weight_decay": opt.weight_decay, "warmup_steps": opt.num_warmup_steps}
+    """ScalarLM hyperparameters from the 0.6 training config, ``hyperparam_search_config`` (ScalarLM
+    settings by name, which replace what a 0.6 field left at its default) and what the route fixes
+    (``fixed``: method, LoRA, DPO). A setting given in two places is a 400."""
+    _check_training_config(training)
+    values, given = _from_training_config(training)
     unknown = sorted(set(overrides) - set(Hyperparameters.model_fields))
     if unknown:
         raise InvalidFieldError(f"hyperparam_search_config.{unknown[0]}", "not a ScalarLM hyperparameter")
+    twice = sorted(set(overrides) & (given | set(fixed)))
+    if twice:
+        source = _API_FIELDS.get(twice[0], "algorithm_config")
+        raise InvalidFieldError(f"hyperparam_search_config.{twice[0]}", f"set by {source}; give it there only")
     try:
         return Hyperparameters.model_validate(values | overrides | fixed)
     except ValidationError as exc:
@@ -195,6 +229,45 @@ def _hyperparameters(training: TrainingConfig, overrides: dict, **fixed) -> Hype
         if field in overrides:
             field = f"hyperparam_search_config.{field}"
         raise InvalidFieldError(_API_FIELDS.get(field, field), _first_msg(exc)) from None
+
+
+def _from_training_config(training: TrainingConfig) -> tuple[dict, set[str]]:
+    """(hyperparameters the 0.6 fields set, the names of those the caller gave rather than left at a default)."""
+    values: dict = {"steps": training.n_epochs * training.max_steps_per_epoch,
+                    "gradient_accumulation_steps": training.gradient_accumulation_steps}
+    given = {"steps"} | ({"gradient_accumulation_steps"} & training.model_fields_set)
+    if (data := training.data_config) is not None:
+        values |= {"batch_size": data.batch_size, "pack_sequences": bool(data.packed), "shuffle": data.shuffle}
+        given |= {"batch_size", "shuffle"} | ({"pack_sequences"} if "packed" in data.model_fields_set else set())
+    if (opt := training.optimizer_config) is not None:
+        values |= {"learning_rate": opt.lr, "weight_decay": opt.weight_decay, "warmup_steps": opt.num_warmup_steps}
+        given |= {"learning_rate", "weight_decay", "warmup_steps"}
+    return values, given
+
+
+def _check_training_config(training: TrainingConfig) -> None:
+    """0.6 settings ScalarLM does not honour must be left at values that describe what it does."""
+    if training.dtype not in (None, "bf16"):
+        raise InvalidFieldError("training_config.dtype", "weights train in fp32 with bf16 compute on GPUs "
+                                                         "(fp32 on CPUs): only bf16, the default, is accepted")
+    if training.max_validation_steps not in _NO_VALIDATION_STEPS:
+        raise InvalidFieldError("training_config.max_validation_steps", "no validation set is evaluated")
+    if training.efficiency_config is not None:
+        for flag, value in training.efficiency_config.model_dump().items():
+            if value:
+                raise InvalidFieldError(f"training_config.efficiency_config.{flag}", "not supported")
+    if (data := training.data_config) is not None:
+        if data.validation_dataset_id is not None:
+            raise InvalidFieldError("training_config.data_config.validation_dataset_id",
+                                    "no validation loss is computed (checkpoints report validation_loss: null)")
+        if data.train_on_input:
+            raise InvalidFieldError("training_config.data_config.train_on_input", "not supported")
+    if (opt := training.optimizer_config) is not None:
+        kind = opt.optimizer_type.value
+        if kind == "sgd" or (kind == "adam" and opt.weight_decay):
+            raise InvalidFieldError("training_config.optimizer_config.optimizer_type",
+                                    "ScalarLM trains with AdamW (decoupled weight decay): use adamw "
+                                    "(adam only with weight_decay 0, where the two are the same)")
 
 
 def _first_loc(exc: ValidationError) -> str:
