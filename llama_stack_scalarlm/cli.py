@@ -49,7 +49,8 @@ def _train(args: argparse.Namespace) -> int:
         sha256 = client.upload(path, progress=lambda done, total: bar.update(done - bar.n))
     settings = dict(_setting(s) for s in args.set)
     job_id = client.train(args.model, sha256, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
-                          lora=args.lora, method=args.method, **settings)
+                          lora=args.lora, method=args.method, shuffle=not args.no_shuffle, packed=args.packed,
+                          loss_type=args.loss_type, **settings)
     print(f"job {job_id} (served as scalarlm/{job_id} once its first checkpoint lands)")
     return _follow(client, job_id, args.quiet) if args.follow else 0
 
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
     train.add_argument("--method", choices=["sft", "dpo"], default="sft")
+    train.add_argument("--loss-type", choices=["sigmoid", "hinge", "ipo"], default="sigmoid", help="DPO's loss")
+    train.add_argument("--no-shuffle", action="store_true", help="train on the rows in file order")
+    train.add_argument("--packed", action="store_true", help="pack several rows into one sequence")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any other hyperparameter, e.g. backend=ddp processes_per_node=2 checkpoint_every=10")
     train.add_argument("--follow", action="store_true", help="show training progress until the job ends")

@@ -161,19 +161,21 @@ class ScalarLMClient:
 
     def train(self, model: str, dataset_sha256: str, steps: int, learning_rate: float = 1e-3,
               batch_size: int = 8, lora: bool = False, lora_rank: int = 8, method: str = "sft",
-              **settings) -> str:
-        """Submit through the post_training API; returns the job id (also the trained model's id)."""
+              shuffle: bool = True, packed: bool = False, loss_type: str = "sigmoid", **settings) -> str:
+        """Submit through the post_training API; returns the job id (also the trained model's id).
+        ``settings``: any other ScalarLM hyperparameter by name (README, "Training")."""
         training = {
             "n_epochs": 1, "max_steps_per_epoch": steps, "gradient_accumulation_steps": 1,
-            "data_config": {"dataset_id": f"sha256:{dataset_sha256}", "batch_size": batch_size, "shuffle": True,
-                            "data_format": "instruct"},
+            "data_config": {"dataset_id": f"sha256:{dataset_sha256}", "batch_size": batch_size, "shuffle": shuffle,
+                            "packed": packed, "data_format": "instruct"},
             "optimizer_config": {"optimizer_type": "adamw", "lr": learning_rate, "weight_decay": 0.0,
                                  "num_warmup_steps": 0},
         }
         body = {"job_uuid": f"cli-{uuid.uuid4().hex[:12]}", "training_config": training,
                 "hyperparam_search_config": settings, "logger_config": {}}
         if method == "dpo":
-            body |= {"finetuned_model": model, "algorithm_config": {"beta": settings.pop("dpo_beta", 0.1)}}
+            body |= {"finetuned_model": model,
+                     "algorithm_config": {"beta": settings.pop("dpo_beta", 0.1), "loss_type": loss_type}}
             return self._post(f"{_TRAINING}/preference-optimize", body)["job_uuid"]
         body["model"] = model
         if lora:

@@ -53,6 +53,7 @@ class Limits(BaseModel):
     max_list: int = Field(1024, ge=1, description="items in a list a request carries: stop strings, a worker's models")
     max_request_bytes: int = Field(256 * 2**20, ge=1024, description="a JSON request body (413 beyond it)")
     max_dataset_line_bytes: int = Field(16 * 2**20, ge=1024, description="one line of a training dataset")
+    max_dataset_rows: int = Field(1_000_000, ge=1, description="rows read from a Llama Stack dataset for training")
     max_upload_bytes: int = Field(10 * 2**30, ge=1, description="largest dataset upload")
     upload_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="an upload no byte reached for this long is removed")
     result_ttl_s: float = Field(24 * 3600, gt=0, description="how long results nobody acknowledged are kept")

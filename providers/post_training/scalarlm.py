@@ -158,13 +158,21 @@ class ScalarLMPostTrainingProvider:
         """The dataset's content hash in the upload store (rows from datasetio are stored as JSONL)."""
         if data.dataset_id.startswith("sha256:"):
             return data.dataset_id.removeprefix("sha256:")
-        try:
-            page = await self.datasetio.iterrows(IterRowsRequest(dataset_id=data.dataset_id))
+        field = "training_config.data_config.dataset_id"
+        limits = self.runtime.config.limits
+        try:  # one row more than allowed, to tell "at the limit" from "over it" without reading the rest
+            page = await self.datasetio.iterrows(IterRowsRequest(dataset_id=data.dataset_id,
+                                                                 limit=limits.max_dataset_rows + 1))
         except Exception as exc:
-            raise InvalidFieldError("training_config.data_config.dataset_id", f"{data.dataset_id!r}: {exc}") from exc
+            raise InvalidFieldError(field, f"{data.dataset_id!r}: {exc}") from exc
+        if len(page.data) > limits.max_dataset_rows:
+            raise InvalidFieldError(field, f"more than {limits.max_dataset_rows} rows (limits.max_dataset_rows); "
+                                           "upload larger datasets as a file (sha256:<hex>)")
         lines = [json.dumps(_row(row, data.data_format.value)) for row in page.data]
-        return await asyncio.to_thread(self.training.uploads.put_bytes,
-                                       ("\n".join(lines) + "\n").encode() if lines else b"")
+        content = ("\n".join(lines) + "\n").encode() if lines else b""
+        if len(content) > limits.max_upload_bytes:
+            raise InvalidFieldError(field, f"{len(content)} bytes is more than limits.max_upload_bytes")
+        return await asyncio.to_thread(self.training.uploads.put_bytes, content)
 
 
 def _row(row: dict, data_format: str) -> dict:

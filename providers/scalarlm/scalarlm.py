@@ -119,10 +119,11 @@ class ScalarLMProvider:
         return await self.runtime.training.uploads.finish(upload_id)
 
     async def training_job(self, job_id: str) -> JobStatus:
-        return await asyncio.to_thread(self.runtime.training.status, self._job(job_id))
+        return await asyncio.to_thread(lambda: self.runtime.training.status(self._job(job_id)))
 
     async def training_log(self, job_id: str, offset: int) -> LogChunk:
-        next_offset, text = await asyncio.to_thread(self.runtime.training.registry.read_log, self._job(job_id), offset)
+        next_offset, text = await asyncio.to_thread(
+            lambda: self.runtime.training.registry.read_log(self._job(job_id), offset))
         return LogChunk(offset=next_offset, text=text)
 
     async def slurm_queue(self) -> list[QueueEntry]:
