@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from .conftest import TINY
 from .stack import StackServer
 
-OURS = r"^/v1(alpha)?/(scalarlm/|post-training/|chat/completions$|completions$|embeddings$|models)"
+OURS = r"^/v1(alpha)?/(scalarlm/|post-training/|chat/completions$|completions$|embeddings$|models$)"
 STACKS = {("GET", "/v1/chat/completions")}  # the stack's store of past completions, not our provider
 EXAMPLES = 25  # per operation: ~25 operations, a few hundred cases in all
 _NAMED = re.compile(r"['\"]loc['\"]|" r'\b[a-z_][a-z0-9_.\[\]]*: |Model .* not found')
