@@ -64,16 +64,20 @@ async def lease_all(worker: WorkerGateway, n: int, timeout_s: float = 10):
     return items
 
 
-def test_a_result_whose_response_was_lost_is_handed_over_again_until_acknowledged(stack, client):
-    ids = client.submit(TINY, ["lost on the way"], max_tokens=4)
-
+def serve_one(stack, name: str) -> None:
+    """A worker takes one request, answers it, and goes away."""
     async def serve():
-        worker = gateway(stack, "acker")
+        worker = gateway(stack, name)
         (item,) = await lease_all(worker, 1)
         await worker.report([WorkEvent(id=item.id, lease=item.lease, result=answer())])
         await worker.close()
 
     asyncio.run(serve())
+
+
+def test_a_result_whose_response_was_lost_is_handed_over_again_until_acknowledged(stack, client):
+    ids = client.submit(TINY, ["lost on the way"], max_tokens=4)
+    serve_one(stack, "acker")
     first = raw_results(stack, ids, wait_s=10)
     assert first[ids[0]]["state"] == "done"
     again = raw_results(stack, ids)  # the first response "never arrived": nothing was acknowledged
@@ -83,14 +87,7 @@ def test_a_result_whose_response_was_lost_is_handed_over_again_until_acknowledge
 
 def test_unacknowledged_results_expire_with_no_worker_calling_in(stack, client):
     ids = client.submit(TINY, ["expire me"], max_tokens=4)
-
-    async def serve_and_leave():
-        worker = gateway(stack, "short-lived")
-        (item,) = await lease_all(worker, 1)
-        await worker.report([WorkEvent(id=item.id, lease=item.lease, result=answer())])
-        await worker.close()
-
-    asyncio.run(serve_and_leave())
+    serve_one(stack, "short-lived")
     assert raw_results(stack, ids)[ids[0]]["state"] == "done"
     time.sleep(TTL_S + 4)  # no worker calls in meanwhile
     assert raw_results(stack, ids)[ids[0]]["state"] == "unknown"
