@@ -15,12 +15,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest -v -rs --durations=15
 
+# Each bench writes its section of bench/out/results.json (the README's figures); the last line prints them all.
 bench: setup
 	$(PY) bench/queue_bench.py
 	$(PY) bench/full_path_bench.py
+	$(PY) bench/full_path_bench.py --model SmolLM2-135M-Instruct --prompts 64 --max-tokens 32
 	$(PY) bench/trainer_bench.py
+	$(PY) bench/trainer_bench.py --model SmolLM2-135M-Instruct
 	$(PY) bench/upload_bench.py
 	$(PY) bench/hot_pickup_bench.py
+	$(PY) bench/hot_pickup_bench.py --spare-engine always
+	$(PY) bench/harness.py
 
 clean:
 	rm -rf .state

@@ -1,88 +1,139 @@
-"""Full path vs. the same vLLM engine in-process, on the same prompts: generated tokens/s.
+"""Full path vs. the same vLLM engine in-process, on the same requests: generated tokens/s.
 
-Full path: bulk client -> `llama stack run` -> durable queue -> engine worker -> vLLM -> back.
-Baseline: one AsyncLLM with the worker's own engine arguments, all prompts (text, tokenized by vLLM
-as the worker tokenizes them) submitted at once.
-Both run in this process's session, one after the other, so the ratio compares like with like;
-each side runs 5 rounds on its warm engine and reports the median (the machine is shared).
-Usage: python bench/full_path_bench.py [tiny-llama|SmolLM2-135M-Instruct] [prompts] [max_tokens]
+Two workloads against one `llama stack run` server with one engine worker:
+- bulk: every prompt in one bulk call (``ScalarLMClient.generate``: client -> server -> durable
+  queue -> engine worker -> vLLM -> back, results long-polled);
+- chat: 64 concurrent OpenAI chat completions (``openai.AsyncOpenAI``; interactive calls, each
+  waiting on its answer).
+Baseline of each: the same requests run at once by an ``EngineCore`` in this process, built with the
+worker's own engine arguments; ``EngineCore.run`` is the worker's own call (chat template, tokens,
+sampling parameters, vLLM), so the ratio is what the path around the engine costs. Both engines
+stay up, warm, through the run, and each pair is measured back to back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
+import itertools
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import openai
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from llama_stack_scalarlm.config import ScalarLMConfig  # noqa: E402
+from llama_stack_scalarlm.queue.schema import GenerationRequest, WorkItem  # noqa: E402
 from tests.stack import StackServer  # noqa: E402
 
-MODEL = sys.argv[1] if len(sys.argv) > 1 else "tiny-llama"
-PROMPTS = int(sys.argv[2]) if len(sys.argv) > 2 else 256
-MAX_TOKENS = int(sys.argv[3]) if len(sys.argv) > 3 else 64
-ROUNDS = 5
-prompts = [f"Write a short story about item number {i}." for i in range(PROMPTS)]
+_ids = itertools.count()
 
 
-def full_path(state: Path) -> float:
-    server = StackServer(state, default_model=MODEL, workers=1).start(wait_for_workers=1, timeout_s=900)
-    try:
-        client = ScalarLMClient(server.url)
-        client.generate(MODEL, prompts[:8], max_tokens=4, temperature=0)  # warm up
-        rates = []
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            results = client.generate(MODEL, prompts, max_tokens=MAX_TOKENS, temperature=0)
-            rates.append(sum(r.completion_tokens for r in results) / (time.perf_counter() - start))
-    finally:
-        server.stop()
-    return statistics.median(rates)
+def workloads(args) -> dict[str, list[GenerationRequest]]:
+    texts = [f"Write a short story about item number {i}." for i in range(max(args.prompts, args.chats))]
+    common = dict(model=args.model, max_tokens=args.max_tokens, temperature=0)
+    return {
+        "bulk": [GenerationRequest(kind="completion", prompt=t, **common) for t in texts[:args.prompts]],
+        "chat": [GenerationRequest(kind="chat", messages=[{"role": "user", "content": t}], **common)
+                 for t in texts[:args.chats]],
+    }
 
 
-async def in_process(state: Path) -> float:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
+async def start_engine(state: Path, model: str):
+    """The worker's engine, built as the worker builds it (in a running loop, as vLLM's AsyncLLM wants)."""
     from llama_stack_scalarlm.engine.core import EngineCore, configure_vllm_environment
     from llama_stack_scalarlm.models.builtin import ensure_model
     from llama_stack_scalarlm.models.store import ModelStore
 
-    config = ScalarLMConfig.load({"state_dir": str(state), "default_model": MODEL})
+    config = ScalarLMConfig.load({"state_dir": str(state), "default_model": model})
     configure_vllm_environment(config)
-    core = EngineCore(config, MODEL, ensure_model(ModelStore(config.models_dir), MODEL))
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, output_kind=RequestOutputKind.FINAL_ONLY)
+    return EngineCore(config, model, ensure_model(ModelStore(config.models_dir), model))
 
-    async def one(i: int, request_id: str) -> int:
-        tokens = 0
-        async for out in core.engine.generate(prompts[i], params, request_id=request_id):
-            tokens = len(out.outputs[0].token_ids)
-        return tokens
 
-    await asyncio.gather(*(one(i, f"warm{i}") for i in range(8)))
-    rates = []
-    for round_ in range(ROUNDS):
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(one(i, f"r{round_}-{i}") for i in range(len(prompts))))
-        rates.append(sum(counts) / (time.perf_counter() - start))
-    core.shutdown()
-    return statistics.median(rates)
+def start_server(server: StackServer, model: str) -> None:
+    """Start the server, and send it one chat completion: Llama Stack creates its SQL tables (the
+    inference store's among them) only after the first, and every completion stored before they
+    exist fails, its traceback taking the server's event loop for seconds."""
+    server.start(wait_for_workers=1, timeout_s=900)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, timeout=600, max_retries=0)
+    client.chat.completions.create(model=f"scalarlm/{model}", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+
+
+async def start_both(server: StackServer, state: Path, model: str):
+    """The server (with its worker's engine) and this process's engine, started side by side."""
+    started = asyncio.get_running_loop().run_in_executor(None, start_server, server, model)
+    try:
+        return await start_engine(state, model)  # blocks this thread; the server starts in another
+    finally:
+        await started  # never left half started: the caller stops it
+
+
+async def in_process(core, requests: list[GenerationRequest]) -> float:
+    start = time.perf_counter()
+    results = await asyncio.gather(*(core.run(WorkItem(id=f"bench-{next(_ids)}", lease="bench", request=r),
+                                              lambda deltas: None) for r in requests))
+    return sum(r.completion_tokens for r in results) / (time.perf_counter() - start)
+
+
+def bulk(client: ScalarLMClient, requests: list[GenerationRequest]) -> float:
+    first = requests[0]
+    start = time.perf_counter()
+    results = client.generate(first.model, [r.prompt for r in requests], max_tokens=first.max_tokens,
+                              temperature=first.temperature)
+    return sum(r.completion_tokens for r in results) / (time.perf_counter() - start)
+
+
+async def chats(client: openai.AsyncOpenAI, requests: list[GenerationRequest]) -> float:
+    start = time.perf_counter()
+    responses = await asyncio.gather(*(
+        client.chat.completions.create(model=f"scalarlm/{r.model}", messages=r.messages, max_tokens=r.max_tokens,
+                                       temperature=r.temperature)
+        for r in requests))
+    return sum(r.usage.completion_tokens for r in responses) / (time.perf_counter() - start)
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    parser = harness.parser(__doc__)
+    parser.add_argument("--model", default="tiny-llama", choices=["tiny-llama", "SmolLM2-135M-Instruct"])
+    parser.add_argument("--prompts", type=int, default=256, help="prompts in the bulk call")
+    parser.add_argument("--chats", type=int, default=64, help="concurrent chat completions")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = harness.parse(parser, smoke={"prompts": 8, "chats": 4, "max_tokens": 4})
+    report = harness.Report("full_path_bench", args, variant=args.model)
+    work = workloads(args)
+    with tempfile.TemporaryDirectory() as tmp, asyncio.Runner() as runner:
         state = Path(tmp)
-        served = full_path(state)
-        baseline = asyncio.run(in_process(state))
-    print(f"{MODEL}, {PROMPTS} prompts x {MAX_TOKENS} tokens, CPU:")
-    print(f"  full path (client->server->queue->worker->vLLM): {served:9.1f} tokens/s")
-    print(f"  same vLLM engine in-process (baseline)         : {baseline:9.1f} tokens/s")
-    print(f"  ratio full/in-process                          : {served / baseline:9.2f}   (goal >= 0.9)")
+        server = StackServer(state, default_model=args.model, workers=1)
+        core = None
+        try:
+            core = runner.run(start_both(server, state, args.model))
+            client = ScalarLMClient(server.url, api_key=server.token, timeout_s=600)
+            chat_client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=server.token, timeout=600,
+                                             max_retries=0)
+            sides = {
+                "bulk": (lambda: runner.run(in_process(core, work["bulk"])), lambda: bulk(client, work["bulk"])),
+                "chat": (lambda: runner.run(in_process(core, work["chat"])),
+                         lambda: runner.run(chats(chat_client, work["chat"]))),
+            }
+            for baseline, subject in sides.values():  # warm up both engines and both paths
+                baseline()
+                subject()
+            measured = {name: harness.pairs(*both, args.pairs) for name, both in sides.items()}
+            runner.run(chat_client.close())
+        finally:
+            if core is not None:
+                core.shutdown()
+            server.stop()
+    m = f"{args.max_tokens} tokens each"
+    report.compare(f"bulk, {args.prompts} prompts ({m})", "tokens/s", measured["bulk"],
+                   subject="full path, one bulk call", baseline="same engine in-process")
+    report.compare(f"chat, {args.chats} concurrent completions ({m})", "tokens/s", measured["chat"],
+                   subject="full path, OpenAI chat", baseline="same engine in-process")
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -5,103 +5,157 @@ A LoRA job is loaded into the running base-model worker (vLLM runtime LoRA). A f
 an engine of its own. The first one on a base model gets an engine started at its submission (on
 the base weights; its checkpoints are swapped in by weight reloads), which may not be up when the
 first checkpoint lands. From then on a spare engine stands by on that base model, and the next
-full fine-tune takes it. Both are timed. Baseline in the same run: one request to the base model,
-end to end.
-Usage: python bench/hot_pickup_bench.py [after_first|always]  (engine.spare_engine; with `always`
-the spare is up from the start and the first full fine-tune takes it too).
-Starts its own SLURM cluster and `llama stack run` (tiny model).
+full fine-tune takes it. All three are timed. Baseline, in pairs with each: one request to the base
+model, end to end. LoRA jobs and next full fine-tunes are repeated (a new job each time, the next
+full fine-tune once a new spare is up); the first full fine-tune on a base model happens once per
+registry, so it is one pair.
+
+Starts its own `llama stack run` (tiny model) and, unless ``--slurm-state`` names the state root of
+a SLURM cluster already running (it is left running), its own cluster with slurm/cluster.sh (root).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from tests.stack import ROOT, StackServer  # noqa: E402
 
 TINY = "tiny-llama"
-SPARE = sys.argv[1] if len(sys.argv) > 1 else "after_first"  # engine.spare_engine: after_first or always
+WAIT_S = 900  # the longest any one step may take before the bench gives up
 
 
-def answer(url: str, model: str) -> bool:
+def until(ready: Callable[[], object], what: str, poll_s: float = 0.05):
+    """``ready()``'s first truthy value; an error if it takes longer than WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not (value := ready()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {WAIT_S} s")
+        time.sleep(poll_s)
+    return value
+
+
+def answers(server: StackServer, model: str) -> bool:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=server.headers,
+                      timeout=60).status_code == 200
 
 
-def served_after_checkpoint(client: ScalarLMClient, url: str, job: str) -> tuple[float, float]:
-    """(first checkpoint -> answered, submission -> first checkpoint) in seconds."""
+def request_s(server: StackServer) -> float:
+    start = time.perf_counter()
+    assert answers(server, f"scalarlm/{TINY}")
+    return time.perf_counter() - start
+
+
+def first_checkpoint_mtime(client: ScalarLMClient, job: str) -> float | None:
+    checkpoints = client.job(job).checkpoints
+    try:
+        return (Path(checkpoints[0].path) / ".complete").stat().st_mtime if checkpoints else None
+    except FileNotFoundError:  # rotated away meanwhile: read the status again
+        return None
+
+
+def picked_up(client: ScalarLMClient, server: StackServer, job: str) -> dict:
+    """s from the first checkpoint to answered (and from submission to that checkpoint); then the
+    job is followed to its end, so the next measurement has the machine to itself."""
     submitted = client.job(job).created
-    while True:
-        checkpoints = client.job(job).checkpoints
-        if checkpoints:
-            try:
-                published = (Path(checkpoints[0].path) / ".complete").stat().st_mtime
-                break
-            except FileNotFoundError:
-                continue
-        time.sleep(0.05)
-    while not answer(url, f"scalarlm/{job}"):
-        time.sleep(0.05)
-    return time.time() - published, published - submitted
+    published = until(lambda: first_checkpoint_mtime(client, job), f"{job}'s first checkpoint")
+    until(lambda: answers(server, f"scalarlm/{job}"), f"{job} answered")
+    served = time.time() - published
+    state = client.follow(job).state
+    assert state == "COMPLETED", f"{job} ended {state}"
+    return {"served_s": served, "checkpoint_after_s": published - submitted}
 
 
-def wait_for_spare(client: ScalarLMClient) -> None:
-    while not any("-spare-" in worker for worker in client.queue_stats().workers):
-        time.sleep(0.5)
+def new_spare(client: ScalarLMClient, taken: set[str]) -> str:
+    """A spare engine that no job has taken yet (a taken spare keeps its worker id)."""
+    def live() -> str | None:
+        return next((w for w in client.queue_stats().workers if "-spare-" in w and w not in taken), None)
+    spare = until(live, "a new spare engine", poll_s=0.5)
+    taken.add(spare)
+    return spare
+
+
+@contextlib.contextmanager
+def slurm(state: Path, running: Path | None) -> Iterator[None]:
+    """A SLURM cluster for the server: one already running under ``running`` (its conf linked into
+    ``state``), or one started here and stopped at the end."""
+    state.mkdir(parents=True)
+    if running is not None:
+        (state / "slurm").symlink_to(running.resolve() / "slurm")
+        yield
+        return
+    env = {**os.environ, "SCALARLM_STATE_DIR": str(state)}
+    cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
+    subprocess.run([*cluster, "start"], env=env, check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp)
-        env = {**os.environ, "SCALARLM_STATE_DIR": str(state)}
-        cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
-        subprocess.run([*cluster, "start"], env=env, check=True, capture_output=True)
-        server = StackServer(state, served_models=[TINY], workers=1, engine={"spare_engine": SPARE})
+    parser = harness.parser(__doc__)
+    parser.add_argument("--spare-engine", default="after_first", choices=["after_first", "always"],
+                        help="engine.spare_engine; with always, the first full fine-tune takes the spare too")
+    parser.add_argument("--steps", type=int, default=400, help="steps of each training job")
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--slurm-state", type=Path, help="state root of a running SLURM cluster to use")
+    args = harness.parse(parser, smoke={"steps": 2, "checkpoint_every": 1})
+    report = harness.Report("hot_pickup_bench", args, variant=f"spare_engine={args.spare_engine}")
+    with tempfile.TemporaryDirectory() as tmp, slurm(Path(tmp) / "state", args.slurm_state):
+        state = Path(tmp) / "state"
+        # A worker holds max_loras adapters: one for every LoRA job of the run.
+        server = StackServer(state, served_models=[TINY], workers=1,
+                             engine={"spare_engine": args.spare_engine, "max_loras": max(3, args.pairs)})
         server.start(wait_for_workers=1, timeout_s=600)
         try:
-            client = ScalarLMClient(server.url)
+            client = ScalarLMClient(server.url, api_key=server.token)
+            base = functools.partial(request_s, server)
+            base()  # warm (and Llama Stack creates its SQL tables after a first chat completion)
             data = state / "data.jsonl"
             data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(16)))
             sha = client.upload(data)
-            base = []
-            for _ in range(5):
-                start = time.time()
-                assert answer(server.url, f"scalarlm/{TINY}")
-                base.append(time.time() - start)
-            lora_job = client.train(TINY, sha, steps=400, lora=True, checkpoint_every=50, learning_rate=1e-3)
-            lora = served_after_checkpoint(client, server.url, lora_job)
-            client.follow(lora_job)
-            if SPARE == "always":
-                wait_for_spare(client)
-            first_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3)
-            first = served_after_checkpoint(client, server.url, first_job)
-            client.follow(first_job)
-            wait_for_spare(client)
-            next_job = client.train(TINY, sha, steps=400, checkpoint_every=50, learning_rate=1e-3, seed=1)
-            following = served_after_checkpoint(client, server.url, next_job)
-            client.follow(next_job)
+            seeds, spares = itertools.count(), set()
+
+            def job(**kind) -> dict:
+                submitted = client.train(TINY, sha, steps=args.steps, checkpoint_every=args.checkpoint_every,
+                                         learning_rate=1e-3, seed=next(seeds), **kind)
+                return picked_up(client, server, submitted)
+
+            def next_full_finetune() -> dict:
+                new_spare(client, spares)
+                return job()
+
+            lora = harness.pairs(base, lambda: job(lora=True), args.pairs)
+            if args.spare_engine == "always":
+                new_spare(client, spares)
+            first = harness.pairs(base, job, 1)
+            following = harness.pairs(base, next_full_finetune, args.pairs)
         finally:
             server.stop()
-            subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
-    request = statistics.median(base)
-    print(f"checkpoint-to-served latency, tiny model, CPU, spare_engine={SPARE}:")
-    print(f"  base-model request (baseline)          : {request:7.3f} s")
-    first_name = f"first full fine-tune ({'spare' if SPARE == 'always' else 'engine at submission'})"
-    for name, (served, after) in (("LoRA job", lora), (first_name, first),
-                                  ("next full fine-tune (spare engine)", following)):
-        print(f"  {name:43}: first checkpoint -> answered {served:7.3f} s ({served / request:6.1f}x a request; "
-              f"goal < 10 s); it came {after:5.1f} s after submission")
+    first_name = "spare engine" if args.spare_engine == "always" else "engine started at submission"
+    for name, measured in (("LoRA job", lora), (f"first full fine-tune ({first_name})", first),
+                           ("next full fine-tune (spare engine)", following)):
+        report.compare(f"{name}: first checkpoint -> answered", "s", [(b, p["served_s"]) for b, p in measured],
+                       subject="checkpoint to served", baseline="one base-model request")
+        report.value(f"  {name}: submission -> first checkpoint", "s", [p["checkpoint_after_s"] for _, p in measured])
+    report.finish()
 
 
 if __name__ == "__main__":

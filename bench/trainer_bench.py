@@ -15,22 +15,20 @@ same dataset.jsonl, so the tokens are identical; built before timing), AdamW wit
 label positions, summed cross-entropy / label tokens — the math the trainer does, written inline),
 backward, clip_grad_norm_, step, zero_grad.
 
-Load from other processes moves the figures, so the two alternate (bare, trainer, bare, trainer,
-..., bare) and the headline ratio is best against best (as ``timeit`` takes the minimum); every
-run's figure, the mean ratio and the median of per-step tokens/s are printed too. Also printed, for
-reference: the loop one would write with the HF model's plain forward (full-vocabulary logits at
-every position), which the trainer's label-positions-only LM head avoids.
+The two sides are measured in interleaved pairs (bare loop and trainer run back to back, a fresh
+job dir for every trainer run); the headline is the median of the per-pair ratios, with their
+spread, and the same for the median of per-step tokens/s (less moved by bursts of load from other
+processes). Also measured once, for reference: the loop one would write with the HF model's plain
+forward (full-vocabulary logits at every position), which the trainer's label-positions-only LM
+head avoids.
 
 The per-step losses of the trainer and the bare loop are compared as a check that both trained on
 the same tokens with the same math.
-
-Usage: python bench/trainer_bench.py [--model tiny-llama|SmolLM2-135M-Instruct] [--steps N] [--warmup N]
-       [--batch-size N] [--max-seq-len N] [--rounds N] [--threads N] [--backend fsdp|ddp] [--no-hf]
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import os
 import random
@@ -42,10 +40,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = {  # steps, warm-up steps, batch size (rows per step), max_seq_len (tokens per packed row), rounds
-    "tiny-llama": (60, 10, 4, 512, 3),
-    "SmolLM2-135M-Instruct": (6, 2, 2, 256, 1),
+DEFAULTS = {  # steps, warm-up steps, batch size (rows per step), max_seq_len (tokens per packed row)
+    "tiny-llama": (60, 10, 4, 512),
+    "SmolLM2-135M-Instruct": (6, 2, 2, 256),
 }
 WORDS = (
     "the a of to and in is was for on that with as by at from it this be are or his her which an have had not but "
@@ -122,10 +122,8 @@ def run_trainer(job_dir: Path, threads: int, warmup: int) -> dict:
     history = status.loss_history
     assert status.state == "COMPLETED" and [p.step for p in history] == list(range(1, len(history) + 1))
     tokens, ends = [p.tokens for p in history], [p.elapsed_s for p in history]
-    summary = [line for line in done.stdout.splitlines() if "tokens in" in line]
     return {"tokens_s": window(tokens, ends, warmup), "median_s": median_step(tokens, ends, warmup),
-            "losses": [p.loss for p in history], "wall_s": wall, "train_s": ends[-1], "tokens": tokens,
-            "log": summary[-1] if summary else ""}
+            "losses": [p.loss for p in history], "wall_s": wall, "train_s": ends[-1], "tokens": tokens}
 
 
 # --------------------------------------------------------------------------------- bare loop
@@ -141,7 +139,7 @@ def batches(job, job_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(job.base_model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     examples = load_examples(job_dir / "dataset.jsonl", tokenizer, hp.method, hp.max_seq_len)
-    stream = DataStream(examples, hp.seed, hp.max_seq_len, hp.pack_sequences, DataPosition())
+    stream = DataStream(examples, hp.seed, hp.max_seq_len, hp.pack_sequences, DataPosition(), hp.shuffle)
     return [plan_step(stream.take(hp.batch_size), 0, 1, hp.gradient_accumulation_steps, hp.method, pad_id)
             for _ in range(hp.steps)]
 
@@ -194,24 +192,24 @@ def bare_loop(job, plans, full_logits: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="tiny-llama", choices=sorted(DEFAULTS))
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int, help="steps left out of the tokens/s (both sides)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-seq-len", type=int)
-    parser.add_argument("--rounds", type=int, help="trainer runs, interleaved with rounds+1 bare loops")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, both sides (1: on a shared machine 2 OpenMP threads on 2 busy cores "
                              "slow down by up to 8x at random)")
     parser.add_argument("--backend", default="fsdp", choices=["fsdp", "ddp"])
     parser.add_argument("--no-hf", action="store_true", help="skip the reference loop with the plain HF forward")
-    args = parser.parse_args()
-    steps, warmup, batch_size, max_seq_len, rounds = DEFAULTS[args.model]
-    steps, warmup = args.steps or steps, args.warmup if args.warmup is not None else warmup
-    batch_size, max_seq_len = args.batch_size or batch_size, args.max_seq_len or max_seq_len
-    rounds = args.rounds or rounds
-    assert 1 <= warmup < steps, "need 1 <= warmup < steps"
+    args = harness.parse(parser, smoke={"steps": 4, "warmup": 1, "batch_size": 2, "max_seq_len": 128})
+    for key, value in zip(("steps", "warmup", "batch_size", "max_seq_len"), DEFAULTS[args.model], strict=True):
+        if getattr(args, key) is None:  # the model's own default
+            setattr(args, key, value)
+    if not 1 <= args.warmup < args.steps:
+        parser.error("need 1 <= warmup < steps")
+    report = harness.Report("trainer_bench", args, variant=args.model)
 
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                       HF_HUB_DISABLE_PROGRESS_BARS="1")
@@ -220,69 +218,40 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
-    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        started = time.perf_counter()
         model = model_dir(args.model, root)
-        prepared_s = time.perf_counter() - started
-        settings = dict(steps=steps, warmup_steps=min(5, steps), learning_rate=1e-4, weight_decay=0.01,
-                        batch_size=batch_size, max_seq_len=max_seq_len, backend=args.backend,
-                        checkpoint_every=steps, keep_checkpoints=1, processes_per_node=1)
+        settings = dict(steps=args.steps, warmup_steps=min(5, args.steps), learning_rate=1e-4, weight_decay=0.01,
+                        batch_size=args.batch_size, max_seq_len=args.max_seq_len, backend=args.backend,
+                        checkpoint_every=args.steps, keep_checkpoints=1, processes_per_node=1)
         job = make_job(root / "jobs" / "bench-0", model, args.model, **settings)
         plans = batches(job, root / "jobs" / "bench-0")
+        runs = itertools.count()
 
-        bare = [bare_loop(job, plans, full_logits=False)]
-        trainers = []
-        for r in range(rounds):  # a fresh job dir each time: a finished one would only resume and stop
-            job_dir = root / "jobs" / f"bench-{r}"
-            if not job_dir.exists():
-                make_job(job_dir, model, args.model, **settings)
-            load.append(os.getloadavg()[0])
-            trainers.append(run_trainer(job_dir, args.threads, warmup))
-            bare.append(bare_loop(job, plans, full_logits=False))
-        load.append(os.getloadavg()[0])
+        def trainer() -> dict:  # a fresh job dir each time: a finished one would only resume and stop
+            job_dir = root / "jobs" / f"run-{next(runs)}"
+            make_job(job_dir, model, args.model, **settings)
+            return run_trainer(job_dir, args.threads, args.warmup)
+
+        measured = harness.pairs(lambda: bare_loop(job, plans, full_logits=False), trainer, args.pairs)
         hf = None if args.no_hf else bare_loop(job, plans, full_logits=True)
 
-    for trainer in trainers:
-        assert trainer["tokens"] == bare[0]["tokens"], "the trainer's per-step token counts differ from the batches"
-    bare_s = [window(b["tokens"], b["ends"], warmup) for b in bare]
-    bare_med = [median_step(b["tokens"], b["ends"], warmup) for b in bare]
-    trainer_s = [t["tokens_s"] for t in trainers]
-    trainer_med = [t["median_s"] for t in trainers]
-    diff = max(abs(a - b) for t in trainers for a, b in zip(t["losses"], bare[0]["losses"], strict=True))
-    measured = sum(bare[0]["tokens"][warmup:])
-    first = trainers[0]
-
-    def figures(values: list[float]) -> str:
-        return " / ".join(f"{v:,.0f}" for v in values)
-
-    print(f"{args.model} ({'built' if args.model == 'tiny-llama' else 'converted'} in {prepared_s:.1f} s), "
-          f"full fine-tune, backend {args.backend} (1 process), {args.threads} torch thread(s), CPU fp32; "
-          "load avg (1 min) during the run: " + " / ".join(f"{v:.2f}" for v in load))
-    print(f"  {steps} steps of {batch_size} packed rows x <= {max_seq_len} tokens; tokens/s over steps "
-          f"{warmup + 1}..{steps} ({measured:,} tokens), after {warmup} warm-up steps; "
-          f"bare, trainer, bare, ... alternated ({rounds} trainer runs)")
-    print("  trainer: `python -m llama_stack_scalarlm.trainer JOB_DIR` subprocess; figure from status.json "
-          "loss_history; includes the")
-    print("    whole per-step loop (data stream/packing/collate, LR, fwd/bwd, clip, AdamW, zero_grad, all_reduce, "
-          "status.json writes, log)")
-    print(f"    excludes start-up+imports+model load+tokenize+final checkpoint: "
-          f"{first['wall_s'] - first['train_s']:.1f} s of {first['wall_s']:.1f} s process wall time (1st run); "
-          f"its log: {first['log'].removeprefix('[trainer] ')}")
-    print(f"  trainer tokens/s        : {max(trainer_s):9,.0f}  (best; each run: {figures(trainer_s)})")
-    print(f"  bare loop tokens/s      : {max(bare_s):9,.0f}  (best; each run: {figures(bare_s)}; in-process, "
-          f"batches pre-built)")
-    print(f"  ratio trainer/bare      : {max(trainer_s) / max(bare_s):9.3f}  (best/best; goal >= 0.95; "
-          f"mean/mean {sum(trainer_s) / len(trainer_s) / (sum(bare_s) / len(bare_s)):.3f})")
-    print(f"  median per-step tokens/s: trainer {figures(trainer_med)}; bare {figures(bare_med)}; ratio of best "
-          f"{max(trainer_med) / max(bare_med):.3f}")
+    for bare, trained in measured:
+        assert trained["tokens"] == bare["tokens"], "the trainer's per-step token counts differ from the batches"
+    w = args.warmup
+    report.compare(f"training tokens/s over steps {w + 1}..{args.steps}", "tokens/s",
+                   [(window(b["tokens"], b["ends"], w), t["tokens_s"]) for b, t in measured],
+                   subject="trainer (subprocess)", baseline="bare loop in-process")
+    report.compare("  the same, median of per-step tokens/s", "tokens/s",
+                   [(median_step(b["tokens"], b["ends"], w), t["median_s"]) for b, t in measured],
+                   subject="trainer (subprocess)", baseline="bare loop in-process")
+    report.value("  trainer start-up, load, tokenize, checkpoint (not in it)", "s",
+                 [t["wall_s"] - t["train_s"] for _, t in measured])
+    report.value("  check: max |loss(trainer) - loss(bare)|, every step", "",
+                 [max(abs(a - b) for a, b in zip(t["losses"], bare["losses"], strict=True)) for bare, t in measured])
     if hf is not None:
-        hf_s = window(hf["tokens"], hf["ends"], warmup)
-        print(f"  reference: bare loop with HF's plain forward (full-vocab logits at every position): "
-              f"{hf_s:,.0f} tokens/s; best trainer / that = {max(trainer_s) / hf_s:.3f}")
-    print(f"  check: same tokens per step; max |loss(trainer) - loss(bare)| over {steps} steps x {rounds} runs "
-          f"= {diff:.2e}")
+        report.value("reference: bare loop with HF's plain forward", "tokens/s", [window(hf["tokens"], hf["ends"], w)])
+    report.finish()
 
 
 if __name__ == "__main__":

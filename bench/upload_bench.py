@@ -2,23 +2,23 @@
 
 Upload: ``llama stack run`` started as the tests start it (no engine workers); the client opens an
 upload session and streams the file in one PUT; the server appends each 8 MiB block in one thread
-and hashes it in another while the next block arrives, and the final call moves the file to ``blobs/<sha256>``. Timed
-from the call to its return. Then the same file is uploaded again: the client knows its hash from
-the first upload (its cache, keyed by path, size, mtime and inode), the server answers that the
-content is stored, and nothing is sent.
+and hashes it in another while the next block arrives, and the final call syncs the file and moves
+it to ``blobs/<sha256>``. Timed from the call to its return. Then the same file is uploaded again:
+the client knows its hash from the first upload (its cache, keyed by path, size, mtime and inode),
+the server answers that the content is stored, and nothing is sent.
 
-Baselines measured in the same run on the same file (same disk, page cache warm, like the upload):
-(a) sha256 of the file in this process (hashlib, 8 MiB reads), (b) ``shutil.copyfile``. Neither
-the copy nor the upload fsyncs the data itself (it is synced after each, outside the timings). The
-upload has to read, hash and write, so min(a, b) is the ceiling a single-pass upload could reach.
+Baseline of each pair, on the same file (page cache warm, like the upload): the slower of (a) sha256
+of the file in this process (hashlib, 8 MiB reads) and (b) ``shutil.copyfile`` plus an fsync of the
+copy (the server syncs a blob before naming it). The upload has to read, hash and write, so the
+slower of the two is the ceiling a single-pass upload could reach. Before each upload the file's
+first block is rewritten (new content, new mtime), so every pair uploads for real.
 
-Then where the upload's time goes, each part measured on its own: CPU seconds of the server and of
-the client during the upload, the server's storage path without HTTP (``UploadStore.append``
-in-process, fed the part sizes the ASGI server hands over), and HTTP alone (the same streamed PUT
-to a bare uvicorn app that reads and discards the body). The machine is shared: CPU seconds are
-printed next to wall times, as they move less with other processes' load.
-
-Usage: python bench/upload_bench.py [size_mib]   (default 1024)
+Then where the upload's time goes, each part measured once on its own: the server's storage path
+without HTTP (``UploadStore.append`` in-process, fed the part sizes the ASGI server hands over) and
+HTTP alone (the same streamed PUT to a bare uvicorn app that reads and discards the body). CPU
+seconds of server and client are recorded beside wall times: they move less with other load.
+Files are deleted (and the deletions synced) outside every timing: on a disk mounted with
+``discard``, freeing 1 GiB makes the next journal commit pay for it.
 """
 
 from __future__ import annotations
@@ -39,24 +39,33 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # noqa: E402
 from llama_stack_scalarlm import client as client_module  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from llama_stack_scalarlm.registry.files import fsync_path  # noqa: E402
 from llama_stack_scalarlm.registry.uploads import UploadStore  # noqa: E402
 from tests.stack import StackServer, free_port  # noqa: E402
 
-SIZE = (int(sys.argv[1]) if len(sys.argv) > 1 else 1024) << 20
 BLOCK = 8 << 20
 MB = 1e6  # MB/s are decimal megabytes
+PIECE = 64 << 10  # the body part size uvicorn hands over
 
 
-def make_file(path: Path) -> None:
-    with open(path, "wb") as handle:
-        for _ in range(SIZE // BLOCK):
+def write_random(path: Path, size: int, mode: str = "wb") -> None:
+    """``size`` random bytes from the start of ``path`` (the rest of an existing file is kept), synced."""
+    with open(path, mode) as handle:
+        for _ in range(size // BLOCK):
             handle.write(os.urandom(BLOCK))
-        handle.write(os.urandom(SIZE % BLOCK))
+        handle.write(os.urandom(size % BLOCK))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def discard(*paths: Path) -> None:
+    """Delete, and sync the deletion, outside the timings."""
+    for path in paths:
+        path.unlink()
+    os.sync()
 
 
 def hash_file(path: Path) -> tuple[str, float]:
@@ -71,8 +80,9 @@ def hash_file(path: Path) -> tuple[str, float]:
 def copy_file(path: Path, target: Path) -> float:
     start = time.perf_counter()
     shutil.copyfile(path, target)
+    fsync_path(target)
     elapsed = time.perf_counter() - start
-    fsync_path(target)  # outside the timing; kept until the end (see main)
+    discard(target)
     return elapsed
 
 
@@ -87,33 +97,53 @@ def cpu_s(proc: psutil.Process) -> float:
     return total
 
 
-def timed_upload(client: ScalarLMClient, path: Path, server: psutil.Process) -> tuple[str, float, float, float]:
-    """(sha256, wall s, server CPU s, this process's CPU s) of one upload."""
+def timed_upload(client: ScalarLMClient, path: Path, server: psutil.Process) -> dict:
+    """sha256, wall s, server CPU s and this process's CPU s of one upload."""
     server_cpu, own_cpu = cpu_s(server), time.process_time()
     start = time.perf_counter()
     digest = client.upload(path)
-    elapsed = time.perf_counter() - start
-    return digest, elapsed, cpu_s(server) - server_cpu, time.process_time() - own_cpu
+    return {"sha256": digest, "s": time.perf_counter() - start, "server_cpu": cpu_s(server) - server_cpu,
+            "client_cpu": time.process_time() - own_cpu}
+
+
+def baselines(path: Path, size: int) -> dict:
+    _, hash_s = hash_file(path)
+    copy_s = copy_file(path, path.with_name("copy.bin"))
+    return {"sha256": size / MB / hash_s, "copy": size / MB / copy_s}
+
+
+def upload(client: ScalarLMClient, path: Path, size: int, server: StackServer) -> dict:
+    """One real upload of new content, then the same file again (nothing sent)."""
+    write_random(path, min(size, BLOCK), mode="r+b")
+    expected, _ = hash_file(path)  # also warms the page cache, as for the baselines
+    proc = psutil.Process(server.proc.pid)
+    first = timed_upload(client, path, proc)
+    blob = server.state_dir / "uploads" / "blobs" / first["sha256"]
+    assert first["sha256"] == expected and blob.stat().st_size == size, (first["sha256"], expected)
+    again = timed_upload(client, path, proc)
+    assert again["sha256"] == expected
+    discard(blob)
+    return {**first, "rate": size / MB / first["s"], "again_s": again["s"]}
 
 
 # ------------------------------------------------------------------------------------ profile
 
 
-async def store_alone(store: UploadStore, path: Path, piece: int) -> tuple[float, float]:
-    """(wall s, CPU s) of the server's storage path without HTTP: begin, one append fed ``piece``-byte
+async def store_alone(store: UploadStore, path: Path, size: int) -> tuple[float, float]:
+    """(wall s, CPU s) of the server's storage path without HTTP: begin, one append fed ``PIECE``-byte
     parts (as the ASGI server hands over a streamed body), finish."""
     start, cpu = time.perf_counter(), time.process_time()
-    session = store.begin(SIZE)
+    session = store.begin(size)
 
     async def parts():
         with open(path, "rb") as handle:
-            while part := handle.read(piece):
+            while part := handle.read(PIECE):
                 yield part
 
     await store.append(session.upload_id, 0, parts())
-    done = store.finish(session.upload_id)
+    done = await store.finish(session.upload_id)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    fsync_path(store.blob(done.sha256))
+    discard(store.blob(done.sha256))
     return elapsed, cpu
 
 
@@ -141,9 +171,9 @@ DISCARD_APP = textwrap.dedent('''
 ''')
 
 
-def http_alone(path: Path, root: Path) -> tuple[float, float, float, dict]:
-    """The client's streamed PUT (httpx, 8 MiB reads) to a bare uvicorn app (default loop/http, as
-    `llama stack run`) that reads the body and discards it."""
+def http_alone(path: Path, size: int, root: Path) -> tuple[float, float, float]:
+    """(wall s, server CPU s, client CPU s) of the client's streamed PUT (httpx, 8 MiB reads) to a
+    bare uvicorn app (default loop/http, as `llama stack run`) that reads the body and discards it."""
     (root / "discard_app.py").write_text(DISCARD_APP)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "discard_app:app", "--port", str(port),
@@ -160,80 +190,53 @@ def http_alone(path: Path, root: Path) -> tuple[float, float, float, dict]:
         with httpx.Client(base_url=url, timeout=120) as http, open(path, "rb") as handle:
             server_cpu, own_cpu = cpu_s(server), time.process_time()
             start = time.perf_counter()
-            http.put("/upload", content=client_module._read_from(handle, 0, SIZE, None)).raise_for_status()
+            http.put("/upload", content=client_module._read_from(handle, 0, size, None)).raise_for_status()
             elapsed = time.perf_counter() - start
             server_cpu, own_cpu = cpu_s(server) - server_cpu, time.process_time() - own_cpu
-            stats = http.get("/").json()
+            assert http.get("/").json()["bytes"] == size
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    return elapsed, server_cpu, own_cpu, stats
+    return elapsed, server_cpu, own_cpu
 
 
 # --------------------------------------------------------------------------------------- main
 
 
 def main() -> None:
-    # Nothing is deleted until the end: the disk is ext4 mounted with `discard`, and freeing 1 GiB makes
-    # the next journal commit (the server's next fsync) pay for it. Each written file is fsynced outside
-    # the timings, so no measurement pays for an earlier one's writeback.
-    load = [os.getloadavg()[0]]
+    parser = harness.parser(__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024, help="file size, MiB")
+    args = harness.parse(parser, smoke={"size_mib": 16})
+    size = args.size_mib << 20
+    report = harness.Report("upload_bench", args)
     with tempfile.TemporaryDirectory(prefix="upload-bench-") as tmp:
         root = Path(tmp)
         os.environ["XDG_CACHE_HOME"] = str(root / "cache")  # the client's upload cache starts empty
         path = root / "data.bin"
-        make_file(path)
-        expected, _ = hash_file(path)  # also warms the page cache, as for everything below
-        _, hash_s = hash_file(path)
-        copy_s = copy_file(path, root / "copy.bin")
-        load.append(os.getloadavg()[0])
-
+        write_random(path, size)
         server = StackServer(root / "state", workers=0).start()
         try:
-            client = ScalarLMClient(server.url, timeout_s=600)
-            proc = psutil.Process(server.proc.pid)
-            digest, upload_s, server_cpu, client_cpu = timed_upload(client, path, proc)
-            blob = root / "state" / "uploads" / "blobs" / digest
-            assert digest == expected and blob.stat().st_size == SIZE, (digest, expected)
-            start = time.perf_counter()
-            fsync_path(blob)  # not part of the upload (the server does not fsync blobs): what durability would add
-            blob_fsync_s = time.perf_counter() - start
-            again_digest, again_s, again_server_cpu, again_client_cpu = timed_upload(client, path, proc)
-            assert again_digest == expected
-            load.append(os.getloadavg()[0])
+            client = ScalarLMClient(server.url, timeout_s=600, api_key=server.token)
+            runs = harness.pairs(lambda: baselines(path, size), lambda: upload(client, path, size, server), args.pairs)
         finally:
             server.stop()
-        load.append(os.getloadavg()[0])
+        store_s, store_cpu = asyncio.run(store_alone(UploadStore(root / "direct", size), path, size))
+        http_s, http_server_cpu, http_client_cpu = http_alone(path, size, root)
 
-        piece = 64 << 10
-        store_s, store_cpu = asyncio.run(store_alone(UploadStore(root / "direct-1", SIZE), path, piece))
-        http_s, http_server_cpu, http_client_cpu, http_stats = http_alone(path, root)
-        load.append(os.getloadavg()[0])
-
-    gib = SIZE / 2**30
-
-    def rate(seconds: float) -> str:
-        return f"{SIZE / MB / seconds:6.0f} MB/s ({seconds:5.2f} s)"
-
-    ceiling = min(SIZE / hash_s, SIZE / copy_s) / MB
-    print(f"upload of {gib:g} GiB of random bytes on loopback, 2 cores; load avg (1 min) through the run: "
-          + " / ".join(f"{v:.2f}" for v in load))
-    print("  upload (one streamed PUT; the server writes and hashes each 8 MiB block in two threads as the next arrives):")
-    print(f"                                   {rate(upload_s)}   (goal >= 500 MB/s); CPU s: server "
-          f"{server_cpu:.2f}, client {client_cpu:.2f}")
-    print(f"  repeated upload, same file       {again_s:5.3f} s (hash known from the first upload, nothing is sent); "
-          f"CPU s: server {again_server_cpu:.2f}, client {again_client_cpu:.2f}")
-    print(f"  baseline (a) sha256 in-process   {rate(hash_s)}  (hashlib, 8 MiB reads)")
-    print(f"  baseline (b) shutil.copyfile     {rate(copy_s)}")
-    print(f"  ratio upload / min(a, b)         {SIZE / upload_s / MB:.0f} / {ceiling:.0f} = "
-          f"{SIZE / upload_s / MB / ceiling:.3f}")
-    print(f"  (not in any figure: an extra fsync of the stored blob afterwards took {blob_fsync_s:.2f} s)")
-    print("profile (each part on its own, same run):")
-    print(f"  server storage, no HTTP (UploadStore.append, {piece >> 10} KiB parts, in-process)")
-    print(f"                                   {rate(store_s)}; CPU {store_cpu:.2f} s")
-    print("  HTTP alone (the same streamed PUT, httpx -> bare uvicorn app that discards the body)")
-    print(f"                                   {rate(http_s)}; CPU s: server {http_server_cpu:.2f}, client "
-          f"{http_client_cpu:.2f}; {http_stats['parts']} body parts (largest {http_stats['max_part'] >> 10} KiB)")
+    mib = f"{args.size_mib:,} MiB"
+    report.compare(f"upload of {mib}, one streamed PUT", "MB/s", [(min(b.values()), u["rate"]) for b, u in runs],
+                   subject="upload", baseline="slower of sha256 and copy+fsync")
+    report.value("  upload: server CPU", "s", [u["server_cpu"] for _, u in runs])
+    report.value("  upload: client CPU", "s", [u["client_cpu"] for _, u in runs])
+    report.value("repeated upload of the same file (nothing sent)", "s", [u["again_s"] for _, u in runs])
+    report.value("baseline (a): sha256 in-process", "MB/s", [b["sha256"] for b, _ in runs])
+    report.value("baseline (b): shutil.copyfile + fsync", "MB/s", [b["copy"] for b, _ in runs])
+    report.value("profile: server storage alone, no HTTP", "MB/s", [size / MB / store_s])
+    report.value("  server storage alone: CPU", "s", [store_cpu])
+    report.value("profile: HTTP alone (a server that discards the body)", "MB/s", [size / MB / http_s])
+    report.value("  HTTP alone: server CPU", "s", [http_server_cpu])
+    report.value("  HTTP alone: client CPU", "s", [http_client_cpu])
+    report.finish()
 
 
 if __name__ == "__main__":
