@@ -141,11 +141,16 @@ class QueueService:
         received with your next poll), so a response lost on the way loses nothing; unacknowledged
         results expire after the result TTL. With ``wait_s`` it is a long poll: it answers as soon
         as any of ``ids`` has finished (or is unknown), else at the deadline."""
-        if ack:
-            self.store.remove(ack, owner, finished_only=True)
         self._bind_loop()
+        acknowledged = [ack]  # deleted by the first read only
+
+        def read() -> list[RequestStatus]:
+            statuses = self.store.status(ids, owner, ack=acknowledged[0])
+            acknowledged[0] = ()
+            return statuses
+
         return await _long_poll(
-            lambda: self.store.status(ids, owner),
+            read,
             lambda statuses: any(s.result is not None or s.state == "unknown" for s in statuses),
             self._finished,
             wait_s,

@@ -9,12 +9,13 @@ Ownership: the file is opened in exclusive locking mode and stays locked for the
 process, so a second server on the same file fails at once with :class:`QueueOwnedError` (SQLite's
 WAL is unsafe on network filesystems: the file belongs on the server's local disk; workers on
 other hosts reach the queue over HTTP only). Public ids carry a random secret beside the row's
-sequence number, so an id is never guessed, and never reused even if a power loss rolls back the
-sequence counter (``synchronous=NORMAL``).
+sequence number, so an id is never guessed, and never reused, even when a power loss rolls back the
+newest rows (``synchronous=NORMAL``) and their sequence numbers come round again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -23,6 +24,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from pydantic import TypeAdapter
 
 from .schema import GenerationRequest, GenerationResult, QueueStats, RequestError, RequestStatus, WorkItem
 
@@ -33,7 +36,7 @@ SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     secret TEXT NOT NULL,
     owner TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -52,7 +55,6 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS queued_by_model ON requests(model, priority, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS leased_by_worker ON requests(worker) WHERE state = 1;
-CREATE INDEX IF NOT EXISTS leased_by_expiry ON requests(lease_expires) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS done_by_time ON requests(finished) WHERE state = 2;
 """
 
@@ -86,6 +88,18 @@ def _parse_ids(ids: Iterable[str]) -> dict[int, str]:
         if seq.isdigit() and secret:
             parsed[int(seq)] = secret
     return parsed
+
+
+_WORK_ITEMS = TypeAdapter(list[WorkItem])
+_STATUSES = TypeAdapter(list[RequestStatus])
+
+
+def _status_json(request_id: str, row: tuple[int, str | None] | None) -> str:
+    """A RequestStatus as JSON (ids are digits, hex and '-': nothing to escape)."""
+    if row is None:
+        return f'{{"id":{json.dumps(request_id)},"state":"unknown"}}'
+    state, result = row
+    return f'{{"id":"{request_id}","state":"{_STATE_NAMES[state]}","result":{result or "null"}}}'
 
 
 def failure(status: int, message: str) -> str:
@@ -134,44 +148,53 @@ class RequestStore:
     def enqueue(self, requests: Sequence[GenerationRequest], owner: str, priority: int = BULK) -> list[str]:
         """Store requests durably; returns their ids in order."""
         now = time.time()
-        secrets_ = [secrets.token_hex(12) for _ in requests]
-        rows = [(s, owner, r.model, priority, r.model_dump_json(exclude_defaults=True), now)
-                for s, r in zip(secrets_, requests, strict=True)]
+        random = os.urandom(12 * len(requests)).hex()  # 96 bits per id, drawn at once
+        secrets_ = [random[24 * i : 24 * (i + 1)] for i in range(len(requests))]
         with self._lock, self._transaction():
-            # One writer inside BEGIN IMMEDIATE: AUTOINCREMENT sequence numbers of this batch are consecutive.
+            # The next sequence numbers after the newest row: queue order is insertion order. A number
+            # can come round again once its row is gone, never its id: the secret is new.
+            first = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
             self._db.executemany(
-                "INSERT INTO requests (secret, owner, model, priority, payload, created) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
+                "INSERT INTO requests (seq, secret, owner, model, priority, payload, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(first + i, s, owner, r.model, priority, r.model_dump_json(exclude_defaults=True), now)
+                 for i, (s, r) in enumerate(zip(secrets_, requests, strict=True))],
             )
-            last = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'requests'").fetchone()[0]
-        first = last - len(rows) + 1
-        return [_public_id(first + i, s) for i, s in enumerate(secrets_)]
+        return [f"{first + i}-{s}" for i, s in enumerate(secrets_)]
 
-    def status(self, ids: Sequence[str], owner: str) -> list[RequestStatus]:
-        """States and results of ``owner``'s ``ids``, in order (anyone else's are ``unknown``)."""
+    def status(self, ids: Sequence[str], owner: str, ack: Sequence[str] = ()) -> list[RequestStatus]:
+        """States and results of ``owner``'s ``ids``, in order (anyone else's are ``unknown``), after
+        deleting the finished ones among ``ack`` (results the caller has received), in one transaction."""
         found = {}
-        with self._lock:
+        with self._lock, self._transaction():
+            if ack:
+                self._remove(ack, owner, finished_only=True, returning=False)
             for seq, secret, state, result in self._rows(_parse_ids(ids), owner, "state, result"):
                 found[_public_id(seq, secret)] = (state, result)
-        out = []
-        for request_id in ids:
-            if request_id not in found:
-                out.append(RequestStatus(id=request_id, state="unknown"))
-                continue
-            state, result = found[request_id]
-            parsed = GenerationResult.model_validate_json(result) if result else None
-            out.append(RequestStatus(id=request_id, state=_STATE_NAMES[state], result=parsed))
-        return out
+        return _STATUSES.validate_json(  # one parse for the batch: stored results are spliced in as they are
+            "[" + ",".join(_status_json(request_id, found.get(request_id)) for request_id in ids) + "]")
 
     def remove(self, ids: Sequence[str], owner: str, finished_only: bool) -> list[str]:
         """Delete ``owner``'s requests: results acknowledged (``finished_only``), or requests cancelled
         (queued ones never run; a leased one's worker is told to stop at its next call)."""
         with self._lock, self._transaction():
-            rows = [(seq, secret) for seq, secret, state in self._rows(_parse_ids(ids), owner, "state")
-                    if state == DONE or not finished_only]
-            for chunk in _chunks([seq for seq, _ in rows]):
-                self._db.execute(f"DELETE FROM requests WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
-        return [_public_id(seq, secret) for seq, secret in rows]
+            return self._remove(ids, owner, finished_only)
+
+    def _remove(self, ids: Sequence[str], owner: str, finished_only: bool, returning: bool = True) -> list[str]:
+        """One DELETE per chunk: a row goes only if its sequence number, its secret and its owner all
+        match (a secret is one row's alone, so matching sets is matching pairs). ``returning``: list
+        what went (it costs as much as the delete itself; acknowledgements do without)."""
+        removed = []
+        parsed = list(_parse_ids(ids).items())
+        done = " AND state = 2" if finished_only else ""
+        for chunk in _chunks(parsed, _SQL_VARS // 2):
+            marks = ",".join("?" * len(chunk))
+            sql = f"DELETE FROM requests WHERE owner = ?{done} AND seq IN ({marks}) AND secret IN ({marks})"
+            cursor = self._db.execute(sql + (" RETURNING seq, secret" if returning else ""),
+                                      (owner, *(seq for seq, _ in chunk), *(sec for _, sec in chunk)))
+            if returning:
+                removed += cursor.fetchall()
+        return [_public_id(seq, secret) for seq, secret in removed]
 
     def mark_streamed(self, request_id: str) -> None:
         """Text of this request reached its client: were its lease lost, it cannot restart cleanly."""
@@ -190,23 +213,21 @@ class RequestStore:
         lease = secrets.token_hex(8)
         with self._lock, self._transaction():
             candidates = []
-            for model in dict.fromkeys(models):
+            for model in dict.fromkeys(models):  # one index probe per model: a deep queue costs nothing
                 candidates += self._db.execute(
-                    "SELECT priority, seq FROM requests WHERE state = 0 AND model = ? ORDER BY priority, seq LIMIT ?",
-                    (model, capacity),
+                    "SELECT priority, seq, secret, payload FROM requests WHERE state = 0 AND model = ? "
+                    "ORDER BY priority, seq LIMIT ?", (model, capacity),
                 ).fetchall()
-            chosen = [seq for _, seq in sorted(candidates)[:capacity]]
-            rows = []
-            for chunk in _chunks(chosen):
-                rows += self._db.execute(
+            chosen = sorted(candidates)[:capacity]
+            for chunk in _chunks([seq for _, seq, _, _ in chosen]):  # (RETURNING would cost as much again)
+                self._db.execute(
                     f"UPDATE requests SET state = 1, worker = ?, lease = ?, leased_at = ?, lease_expires = ?, "
-                    f"attempts = attempts + 1 WHERE seq IN ({','.join('?' * len(chunk))}) "
-                    f"RETURNING priority, seq, secret, payload",
+                    f"attempts = attempts + 1 WHERE seq IN ({','.join('?' * len(chunk))})",
                     (worker, lease, now, now + lease_s, *chunk),
-                ).fetchall()
-        rows.sort()
-        return [WorkItem(id=_public_id(seq, secret), lease=lease, request=GenerationRequest.model_validate_json(p))
-                for _, seq, secret, p in rows]
+                )
+        return _WORK_ITEMS.validate_json(  # one parse for the batch: the stored JSON is spliced in as it is
+            "[" + ",".join(f'{{"id":"{seq}-{secret}","lease":"{lease}","request":{payload}}}'
+                           for _, seq, secret, payload in chosen) + "]")
 
     def renew(self, worker: str, lease_s: float, leased_since: float | None = None) -> int:
         """Extend ``worker``'s leases (only those taken after ``leased_since``, if given: a worker whose
@@ -234,19 +255,27 @@ class RequestStore:
         """Record final results sent under the lease each request is held by now, by the worker that
         holds it; anything else (a lapsed lease, a cancelled request, another worker) is refused.
         Returns the ids recorded."""
+        sent = {}  # seq -> (id, lease, result)
+        for request_id, lease, result in results:
+            seq = request_id.partition("-")[0]
+            if seq.isdigit():
+                sent[int(seq)] = (request_id, lease, result)
         now = time.time()
-        recorded = []
         with self._lock, self._transaction():
-            for request_id, lease, result in results:
-                for seq, secret in _parse_ids([request_id]).items():
-                    cur = self._db.execute(
-                        "UPDATE requests SET state = 2, result = ?, finished = ?, worker = NULL, lease = NULL, "
-                        "lease_expires = NULL WHERE seq = ? AND secret = ? AND state = 1 AND worker = ? AND lease = ?",
-                        (result.model_dump_json(), now, seq, secret, worker, lease),
-                    )
-                    if cur.rowcount:
-                        recorded.append(request_id)
-        return recorded
+            held = set()
+            for chunk in _chunks(list(sent)):
+                held.update(self._db.execute(
+                    f"SELECT seq, secret, lease FROM requests WHERE state = 1 AND worker = ? "
+                    f"AND seq IN ({','.join('?' * len(chunk))})", (worker, *chunk)
+                ).fetchall())
+            recorded = [seq for seq, (request_id, lease, _) in sent.items()
+                        if (seq, request_id.partition("-")[2], lease) in held]
+            self._db.executemany(
+                "UPDATE requests SET state = 2, result = ?, finished = ?, worker = NULL, lease = NULL, "
+                "lease_expires = NULL WHERE seq = ?",
+                [(sent[seq][2].model_dump_json(), now, seq) for seq in recorded],
+            )
+        return [sent[seq][0] for seq in recorded]
 
     def release_expired(self, max_attempts: int) -> list[str]:
         """Take back every lease whose worker stopped renewing it (crashed, killed, lost, hung)."""
@@ -350,6 +379,6 @@ def _owner(path: Path) -> str:
         return "owner unknown"
 
 
-def _chunks(items: Sequence) -> Iterable[Sequence]:
-    for start in range(0, len(items), _SQL_VARS):
-        yield items[start : start + _SQL_VARS]
+def _chunks(items: Sequence, size: int = _SQL_VARS) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
