@@ -26,6 +26,7 @@ from .store import BULK, RequestStore
 log = logging.getLogger(__name__)
 
 _POLL_S = 1.0
+_GATHER_S = 0.25
 _UPKEEP_S = 2.0
 T = TypeVar("T")
 
@@ -139,22 +140,19 @@ class QueueService:
                       ack: Sequence[str] = ()) -> list[RequestStatus]:
         """Bulk polling. Results stay until acknowledged (``ack`` deletes them: send the ids you
         received with your next poll), so a response lost on the way loses nothing; unacknowledged
-        results expire after the result TTL. With ``wait_s`` it is a long poll: it answers as soon
-        as any of ``ids`` has finished (or is unknown), else at the deadline."""
+        results expire after the result TTL. With ``wait_s`` it is a long poll: it answers once any
+        of ``ids`` has finished (or is unknown) and up to ``_GATHER_S`` more have had time to, else at
+        the deadline."""
         self._bind_loop()
-        acknowledged = [ack]  # deleted by the first read only
-
-        def read() -> list[RequestStatus]:
-            statuses = self.store.status(ids, owner, ack=acknowledged[0])
-            acknowledged[0] = ()
-            return statuses
-
-        return await _long_poll(
-            read,
-            lambda statuses: any(s.result is not None or s.state == "unknown" for s in statuses),
-            self._finished,
-            wait_s,
-        )
+        if wait_s:
+            settled = await _long_poll(lambda: self.store.settled(ids, owner), bool, self._finished, wait_s)
+            if settled < len(ids):
+                # Some are in, more are coming: gather them for a moment, so that a client draining
+                # a large job makes a few calls a second instead of one per finished batch (each
+                # call, with its token check, costs the server what the engine sharing the host
+                # then lacks).
+                await asyncio.sleep(min(_GATHER_S, wait_s))
+        return self.store.status(ids, owner, ack=ack)
 
     def cancel(self, ids: Sequence[str], owner: str) -> list[str]:
         """Drop ``owner``'s requests, finished or not: queued ones are never generated, running ones

@@ -174,11 +174,17 @@ class RequestStore:
         return _STATUSES.validate_json(  # one parse for the batch: stored results are spliced in as they are
             "[" + ",".join(_status_json(request_id, found.get(request_id)) for request_id in ids) + "]")
 
-    def remove(self, ids: Sequence[str], owner: str, finished_only: bool) -> list[str]:
+    def settled(self, ids: Sequence[str], owner: str) -> int:
+        """How many of ``ids`` have a result or are unknown (a long poll's cheap look: no results read)."""
+        with self._lock:
+            states = [state for _, _, state in self._rows(_parse_ids(ids), owner, "state")]
+        return states.count(DONE) + len(ids) - len(states)
+
+    def remove(self, ids: Sequence[str], owner: str, finished_only: bool, returning: bool = True) -> list[str]:
         """Delete ``owner``'s requests: results acknowledged (``finished_only``), or requests cancelled
         (queued ones never run; a leased one's worker is told to stop at its next call)."""
         with self._lock, self._transaction():
-            return self._remove(ids, owner, finished_only)
+            return self._remove(ids, owner, finished_only, returning)
 
     def _remove(self, ids: Sequence[str], owner: str, finished_only: bool, returning: bool = True) -> list[str]:
         """One DELETE per chunk: a row goes only if its sequence number, its secret and its owner all
