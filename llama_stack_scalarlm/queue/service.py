@@ -141,17 +141,20 @@ class QueueService:
         """Bulk polling. Results stay until acknowledged (``ack`` deletes them: send the ids you
         received with your next poll), so a response lost on the way loses nothing; unacknowledged
         results expire after the result TTL. With ``wait_s`` it is a long poll: it answers once any
-        of ``ids`` has finished (or is unknown) and up to ``_GATHER_S`` more have had time to, else at
-        the deadline."""
+        of ``ids`` has finished (or is unknown) and then once all have, or ``_GATHER_S`` later,
+        whichever is first; else at the deadline."""
         self._bind_loop()
         if wait_s:
-            settled = await _long_poll(lambda: self.store.settled(ids, owner), bool, self._finished, wait_s)
-            if settled < len(ids):
+            def settled() -> int:
+                return self.store.settled(ids, owner)
+
+            if await _long_poll(settled, bool, self._finished, wait_s) < len(ids):
                 # Some are in, more are coming: gather them for a moment, so that a client draining
                 # a large job makes a few calls a second instead of one per finished batch (each
                 # call, with its token check, costs the server what the engine sharing the host
-                # then lacks).
-                await asyncio.sleep(min(_GATHER_S, wait_s))
+                # then lacks), but answer as soon as the last is in (the end of a job waits for
+                # nothing).
+                await _long_poll(settled, lambda n: n == len(ids), self._finished, min(_GATHER_S, wait_s))
         return self.store.status(ids, owner, ack=ack)
 
     def cancel(self, ids: Sequence[str], owner: str) -> list[str]:
