@@ -41,6 +41,10 @@ class EngineSettings(BaseModel):
     )
     max_loras: int = Field(3, ge=0, description="trained LoRA adapters one worker serves beside its base model")
     max_lora_rank: int = Field(64, ge=1)
+    tool_parser: str = Field(
+        "hermes", description="vLLM tool parser for a model whose own chat template renders tools (hermes: Qwen, "
+        "Hermes; llama3_json: Llama 3.x); one whose template has none gets the shipped ChatML tool template and hermes",
+    )
 
 
 class Limits(BaseModel):

@@ -14,7 +14,7 @@ from .auth.worker import ensure_worker_credential
 from .config import ScalarLMConfig
 from .models.catalogue import ModelCatalogue
 from .queue.admission import check_requests
-from .queue.schema import GenerationRequest
+from .queue.schema import WorkRequest
 from .queue.service import QueuePolicy, QueueService
 from .queue.store import BULK, RequestStore
 from .registry.jobs import JobRegistry
@@ -60,7 +60,7 @@ class ServerRuntime:
         service.start_background()
         return service
 
-    def submit(self, requests: Sequence[GenerationRequest], owner: str, priority: int = BULK) -> list[str]:
+    def submit(self, requests: Sequence[WorkRequest], owner: str, priority: int = BULK) -> list[str]:
         check_requests(requests, self.config.limits, self.config.max_model_len)
         return self.queue.submit(requests, owner, priority)
 

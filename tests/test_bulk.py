@@ -22,6 +22,20 @@ def test_thousand_prompts_round_trip(server, tiny_model, openai_client):
         assert results[i].choices[0].text == single.choices[0].text
 
 
+def test_bulk_samples_with_their_logprobs_match_the_openai_route(server, tiny_model, openai_client):
+    client = ScalarLMClient(server.url, api_key=server.token)
+    (greedy,) = client.generate(tiny_model, ["one two three"], max_tokens=5, temperature=0, logprobs=2)
+    lp = greedy.choices[0].logprobs
+    assert len(lp.token_ids) == len(lp.logprobs) == len(lp.top) == greedy.choices[0].completion_tokens
+    assert all(len(top) == 2 and top[0][0] == t and top[0][1] == pytest.approx(v, abs=1e-4)
+               for t, v, top in zip(lp.token_ids, lp.logprobs, lp.top)), "greedy: each token is its top one"
+    (sampled,) = client.generate(tiny_model, ["one two three"], max_tokens=4, temperature=1.0, seed=1, n=4,
+                                 logprobs=0)
+    assert [c.index for c in sampled.choices] == [0, 1, 2, 3]
+    assert all(len(c.logprobs.token_ids) == c.completion_tokens and c.logprobs.top == [[]] * c.completion_tokens
+               for c in sampled.choices)
+
+
 def test_ids_come_back_before_results(server, tiny_model):
     client = ScalarLMClient(server.url, api_key=server.token)
     ids = client.submit(tiny_model, ["a b c"] * 50, max_tokens=4)

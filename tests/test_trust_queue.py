@@ -19,7 +19,7 @@ import pytest
 from llama_stack_scalarlm.auth.worker import read_worker_credential
 from llama_stack_scalarlm.client import ScalarLMClient
 from llama_stack_scalarlm.engine.gateway import WorkerGateway
-from llama_stack_scalarlm.queue.schema import Choice, ChoiceDelta, GenerationResult, WorkEvent
+from llama_stack_scalarlm.queue.schema import Choice, GenerationResult, WorkEvent
 
 from .conftest import TINY
 from .stack import StackServer
@@ -48,6 +48,19 @@ def gateway(stack, name) -> WorkerGateway:
 
 def answer(text="done") -> GenerationResult:
     return GenerationResult(choices=[Choice(index=0, text=text, finish_reason="stop", completion_tokens=1)])
+
+
+def chat_answer(text: str) -> GenerationResult:
+    """What a worker's vLLM OpenAI layer sends back for a chat call."""
+    message = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    return GenerationResult(response={"id": "x", "object": "chat.completion", "created": 0, "model": TINY,
+                                      "choices": [message]})
+
+
+def chunk(text: str) -> dict:
+    """One OpenAI stream chunk, as a worker's vLLM OpenAI layer reports it."""
+    return {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": TINY,
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
 
 
 def raw_results(stack, ids, **extra) -> dict:
@@ -153,11 +166,11 @@ def test_a_stream_whose_worker_is_lost_ends_with_an_error_not_repeated_text(stac
     async def lose_worker_midway():
         first, second = gateway(stack, "first"), gateway(stack, "second")
         (item,) = await lease_all(first, 1)
-        await first.report([WorkEvent(id=item.id, lease=item.lease, deltas=[ChoiceDelta(index=0, text="Hello")])])
+        await first.report([WorkEvent(id=item.id, lease=item.lease, deltas=[chunk("Hello")])])
         await asyncio.sleep(0.5)  # the client has "Hello"; now the first worker goes silent
         assert await second.lease([TINY], 1, wait_s=LEASE_S + 5) == [], "a started stream is not handed on"
         refused = await first.report([WorkEvent(id=item.id, lease=item.lease,
-                                                deltas=[ChoiceDelta(index=0, text=" again")])])
+                                                deltas=[chunk(" again")])])
         assert refused == [item.id], "the lost worker's late text is refused"
         await first.close()
         await second.close()
@@ -180,8 +193,9 @@ def test_an_interactive_call_is_served_before_a_deep_bulk_queue(stack, client):
     async def serve_one_batch():
         worker = gateway(stack, "batch")
         items = await worker.lease([TINY], 8, wait_s=5)
-        assert any(i.request.kind == "chat" for i in items), [i.request.prompt for i in items]
-        await worker.report([WorkEvent(id=i.id, lease=i.lease, result=answer("served")) for i in items])
+        assert any(i.request.kind == "openai.chat" for i in items), [i.request.kind for i in items]
+        await worker.report([WorkEvent(id=i.id, lease=i.lease, result=chat_answer("served")
+                                       if i.request.kind == "openai.chat" else answer("served")) for i in items])
         await worker.close()
 
     asyncio.run(serve_one_batch())
@@ -203,7 +217,7 @@ def test_a_stream_whose_caller_went_away_is_stopped_at_its_first_text(stack):
     async def serve():
         worker = gateway(stack, "latecomer")
         (item,) = await lease_all(worker, 1)
-        await worker.report([WorkEvent(id=item.id, lease=item.lease, deltas=[ChoiceDelta(index=0, text="Hi")])])
+        await worker.report([WorkEvent(id=item.id, lease=item.lease, deltas=[chunk("Hi")])])
         deadline, told = time.monotonic() + 10, []
         while not told and time.monotonic() < deadline:
             await asyncio.sleep(0.5)

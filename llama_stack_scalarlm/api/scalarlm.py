@@ -40,6 +40,9 @@ class BulkGenerateRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1, description="None: the model's default")
     stop: list[str] = Field(default_factory=list, description="at most limits.max_list strings")
     seed: int | None = None
+    n: int = Field(1, ge=1, description="samples per prompt (at most limits.max_n)")
+    logprobs: int | None = Field(None, ge=0, le=20, description="per sampled token: its log-probability and the "
+                                 "top k alternatives (token ids), in each choice's `logprobs`")
 
 
 class BulkGenerateResponse(BaseModel):

@@ -14,12 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ScalarLMConfig
-from ..queue.schema import Choice, ChoiceDelta, GenerationRequest, GenerationResult, RequestError, WorkItem
+from ..queue.schema import (
+    Choice,
+    GenerationRequest,
+    GenerationResult,
+    OpenAIRequest,
+    RequestError,
+    TokenLogprobs,
+    WorkItem,
+)
+from .openai_layer import EmitChunks, OpenAILayer
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[list[ChoiceDelta]], None]
-_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n")
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n", "logprobs")
 
 
 def configure_vllm_environment(config: ScalarLMConfig) -> None:
@@ -77,10 +85,14 @@ class EngineCore:
             tensor_parallel_size=config.engine.tensor_parallel_size,
             gpu_memory_utilization=config.engine.gpu_memory_utilization,
             disable_log_stats=True,
+            # Constrained JSON (response_format, forced tool calls) without free whitespace: fewer
+            # tokens, and no model can spin in blank space between two of its tokens.
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
             distributed_executor_backend="uni" if _in_process_model(config) else None,
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self._steps = _count_steps(self.engine)
+        self.openai = OpenAILayer(self.engine, model_name, model_path, config.engine.tool_parser)
 
     @property
     def steps(self) -> int:
@@ -110,6 +122,7 @@ class EngineCore:
             # Requests carry the adapter without load_inplace: with it, vLLM reloads the adapter from
             # disk at every step, and fails once the trainer has rotated that checkpoint away.
             self.adapters[job_id] = LoRARequest(job_id, int_id, checkpoint.path)
+            self.openai.serve_adapter(job_id, self.adapters[job_id])
             log.info("serving %s from %s", job_id, checkpoint.path)
 
     async def reload_weights(self, path: Path) -> None:
@@ -158,12 +171,18 @@ class EngineCore:
             max_tokens=request.max_tokens or self.config.max_model_len - prompt_len,
             stop=request.stop or None,
             seed=request.seed,
-            # Only streams need each step's text; the rest get one output at the end (less Python per token).
-            output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
+            logprobs=request.logprobs,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end: bulk requests do not stream
         )
 
-    async def run(self, item: WorkItem, emit: Emit) -> GenerationResult:
-        """Generate ``item``; for streaming requests ``emit(deltas)`` is called as text arrives."""
+    async def run(self, item: WorkItem, emit: EmitChunks) -> GenerationResult:
+        """Generate ``item``; for a streaming OpenAI call ``emit(chunks)`` is called as text arrives."""
+        if isinstance(item.request, OpenAIRequest):
+            return await self.openai.run(item.request, str(item.id), emit)
+        return await self._generate(item)
+
+    async def _generate(self, item: WorkItem) -> GenerationResult:
+        """A bulk request: the lean path (our own rendering and sampling, no OpenAI objects per token)."""
         from vllm.inputs import tokens_input
 
         request = item.request
@@ -177,26 +196,25 @@ class EngineCore:
             params = self.sampling_params(request, len(ids))
         except Exception as exc:  # vLLM's own checks of the parameters, e.g. n > 1 with greedy sampling
             return GenerationResult(prompt_tokens=len(ids), error=RequestError(field=_field_of(exc), message=str(exc)))
-        texts = [""] * request.n
-        tokens = [0] * request.n
-        reasons: list[str | None] = [None] * request.n
         lora = self.adapters.get(request.model)
         prompt = tokens_input(ids)  # already rendered: vLLM takes it on the spot, with no hop to its tokenizer thread
-        async for out in self.engine.generate(prompt, params, request_id=str(item.id), lora_request=lora):
-            deltas = []
-            for c in out.outputs:
-                texts[c.index] += c.text
-                tokens[c.index] += len(c.token_ids)
-                reasons[c.index] = c.finish_reason or reasons[c.index]
-                if request.stream and (c.text or c.finish_reason):
-                    deltas.append(ChoiceDelta(index=c.index, text=c.text, finish_reason=_finish(c.finish_reason)))
-            if deltas:
-                emit(deltas)
+        final = None
+        async for final in self.engine.generate(prompt, params, request_id=str(item.id), lora_request=lora):
+            pass
         choices = [
-            Choice(index=i, text=texts[i], finish_reason=_finish(reasons[i]) or "stop", completion_tokens=tokens[i])
-            for i in range(request.n)
+            Choice(index=c.index, text=c.text, finish_reason=_finish(c.finish_reason) or "stop",
+                   completion_tokens=len(c.token_ids), logprobs=_logprobs(c, request.logprobs) if request.logprobs is not None else None)
+            for c in sorted(final.outputs, key=lambda c: c.index)
         ]
         return GenerationResult(choices=choices, prompt_tokens=len(ids))
+
+
+def _logprobs(output, k: int) -> TokenLogprobs:
+    """vLLM's per-token {token id: Logprob} maps (the sampled token and the top k) in the compact shape."""
+    sampled = [lp[t].logprob for t, lp in zip(output.token_ids, output.logprobs, strict=True)]
+    top = [sorted(((t, v.logprob) for t, v in lp.items() if v.rank <= k), key=lambda p: -p[1])
+           for lp in output.logprobs]
+    return TokenLogprobs(token_ids=list(output.token_ids), logprobs=sampled, top=top)
 
 
 def _count_steps(engine) -> Callable[[], int]:

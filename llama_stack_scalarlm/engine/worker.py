@@ -29,7 +29,7 @@ from ..config import ScalarLMConfig
 from ..models.store import ModelStore
 from ..registry.jobs import JOB_PREFIX, JobRegistry
 from .checkpoints import CheckpointWatcher
-from ..queue.schema import ChoiceDelta, GenerationResult, RequestError, WorkEvent, WorkItem
+from ..queue.schema import GenerationResult, RequestError, WorkEvent, WorkItem
 from .gateway import WorkerGateway
 
 log = logging.getLogger("scalarlm.worker")
@@ -98,8 +98,8 @@ class Worker:
     async def _run(self, item: WorkItem) -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        def emit(deltas: list[ChoiceDelta]) -> None:
-            self.outbox.put_nowait(WorkEvent(id=item.id, lease=item.lease, deltas=deltas))
+        def emit(chunks: list[dict]) -> None:
+            self.outbox.put_nowait(WorkEvent(id=item.id, lease=item.lease, deltas=chunks))
 
         try:
             result = await self.core.run(item, emit)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -10,7 +10,7 @@ FinishReason = Literal["stop", "length"]
 
 
 class GenerationRequest(BaseModel):
-    """One generation, normalized from an OpenAI chat or completion call or a bulk prompt."""
+    """One generation of the bulk route: a prompt or a conversation, and how to sample it."""
 
     kind: Literal["chat", "completion"]
     model: str
@@ -22,7 +22,21 @@ class GenerationRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     n: int = Field(1, ge=1)
+    logprobs: int | None = Field(None, ge=0, description="log-probabilities of each sampled token and of its top k")
+
+
+class OpenAIRequest(BaseModel):
+    """An OpenAI chat or completions call as the client sent it: the worker serves it with vLLM's
+    own OpenAI layer (tools and their parser, structured outputs, logprobs, penalties), which
+    honours every field it knows; a field it does not know is refused there, a 400 naming it."""
+
+    kind: Literal["openai.chat", "openai.completion"]
+    model: str
+    body: dict
     stream: bool = False
+
+
+WorkRequest = Annotated[GenerationRequest | OpenAIRequest, Field(discriminator="kind")]
 
 
 RequestId = str
@@ -35,7 +49,7 @@ class WorkItem(BaseModel):
 
     id: RequestId
     lease: str
-    request: GenerationRequest
+    request: WorkRequest
 
 
 class RequestError(BaseModel):
@@ -46,35 +60,41 @@ class RequestError(BaseModel):
     message: str
 
 
+class TokenLogprobs(BaseModel):
+    """Per sampled token, compact (thousands of samples per poll): its id, its log-probability, and
+    the top-k alternatives as [token id, log-probability] pairs."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]] = Field(default_factory=list)
+
+
 class Choice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason
     completion_tokens: int
+    logprobs: TokenLogprobs | None = None
 
 
 class GenerationResult(BaseModel):
     choices: list[Choice] = Field(default_factory=list)
     prompt_tokens: int = 0
     error: RequestError | None = None
+    response: dict | None = Field(None, description="an OpenAI request's response body, as vLLM wrote it")
 
     @property
     def completion_tokens(self) -> int:
         return sum(c.completion_tokens for c in self.choices)
 
 
-class ChoiceDelta(BaseModel):
-    index: int
-    text: str
-    finish_reason: FinishReason | None = None
-
-
 class WorkEvent(BaseModel):
-    """What a worker reports for one request under its lease: streamed text so far, or the final result."""
+    """What a worker reports for one request under its lease: stream chunks so far (OpenAI's
+    chunk objects, as vLLM wrote them), or the final result."""
 
     id: RequestId
     lease: str
-    deltas: list[ChoiceDelta] = Field(default_factory=list)
+    deltas: list[dict] = Field(default_factory=list)
     result: GenerationResult | None = None
 
 

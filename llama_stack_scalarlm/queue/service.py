@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .schema import ChoiceDelta, GenerationRequest, GenerationResult, QueueStats, RequestStatus, WorkEvent, WorkItem
+from .schema import GenerationResult, OpenAIRequest, QueueStats, RequestStatus, WorkEvent, WorkItem, WorkRequest
 from .store import BULK, RequestStore
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,11 @@ class QueueService:
 
     # -- clients --------------------------------------------------------------------------------
 
-    def submit(self, requests: Sequence[GenerationRequest], owner: str, priority: int = BULK) -> list[str]:
+    def submit(self, requests: Sequence[WorkRequest], owner: str, priority: int = BULK) -> list[str]:
         self._bind_loop()
         ids = self.store.enqueue(requests, owner, priority)
         for request_id, request in zip(ids, requests, strict=True):
-            if request.stream:
+            if isinstance(request, OpenAIRequest) and request.stream:
                 self._streams[request_id] = asyncio.Queue()
         self._work.fire()
         return ids
@@ -105,8 +105,8 @@ class QueueService:
             self._waiters.pop(request_id, None)
             self.store.remove([request_id], owner, finished_only=False)  # delivered, or abandoned: cancel
 
-    async def stream(self, request_id: str, owner: str, timeout_s: float) -> AsyncIterator[ChoiceDelta | GenerationResult]:
-        """Deltas of the request's current lease as the worker reports them, then the final result.
+    async def stream(self, request_id: str, owner: str, timeout_s: float) -> AsyncIterator[dict | GenerationResult]:
+        """Chunks of the request's current lease as the worker reports them, then the final result.
         A caller that goes away cancels the request."""
         channel = self._streams[request_id]
         deadline = time.monotonic() + timeout_s

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from .schema import GenerationRequest, GenerationResult, QueueStats, RequestError, RequestStatus, WorkItem
+from .schema import GenerationResult, QueueStats, RequestError, RequestStatus, WorkItem, WorkRequest
 
 QUEUED, LEASED, DONE = 0, 1, 2
 _STATE_NAMES = {QUEUED: "queued", LEASED: "leased", DONE: "done"}
@@ -151,7 +151,7 @@ class RequestStore:
 
     # -- clients --------------------------------------------------------------------------------
 
-    def enqueue(self, requests: Sequence[GenerationRequest], owner: str, priority: int = BULK) -> list[str]:
+    def enqueue(self, requests: Sequence[WorkRequest], owner: str, priority: int = BULK) -> list[str]:
         """Store requests durably; returns their ids in order."""
         now = time.time()
         random = os.urandom(12 * len(requests)).hex()  # 96 bits per id, drawn at once

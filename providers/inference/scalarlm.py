@@ -1,4 +1,4 @@
-"""OpenAI-compatible inference over ScalarLM's queue: translate, submit, wait (or stream), translate back."""
+"""OpenAI inference over ScalarLM's queue: the call goes in as sent, vLLM's OpenAI answer comes back."""
 
 from __future__ import annotations
 
@@ -12,23 +12,17 @@ from llama_stack_api import (
     OpenAIChatCompletion,
     OpenAIChatCompletionChunk,
     OpenAIChatCompletionRequestWithExtraBody,
-    OpenAIChatCompletionUsage,
-    OpenAIChoice,
-    OpenAIChoiceDelta,
-    OpenAIChunkChoice,
     OpenAICompletion,
-    OpenAICompletionChoice,
     OpenAICompletionRequestWithExtraBody,
     OpenAIEmbeddingsRequestWithExtraBody,
     OpenAIEmbeddingsResponse,
 )
-from llama_stack_api.inference.models import OpenAIChatCompletionResponseMessage
 
 from llama_stack_scalarlm.config import ScalarLMConfig
 from llama_stack_scalarlm.errors import InvalidFieldError, RequestFailedError
 from llama_stack_scalarlm.models.catalogue import LATEST
 from llama_stack_scalarlm.offline import prepare_tiktoken
-from llama_stack_scalarlm.queue.schema import ChoiceDelta, GenerationRequest, GenerationResult
+from llama_stack_scalarlm.queue.schema import GenerationResult, OpenAIRequest
 from llama_stack_scalarlm.queue.store import INTERACTIVE
 from llama_stack_scalarlm.runtime import ServerRuntime
 
@@ -88,50 +82,14 @@ class ScalarLMInferenceProvider:
     async def openai_chat_completion(
         self, params: OpenAIChatCompletionRequestWithExtraBody
     ) -> OpenAIChatCompletion | AsyncIterator[OpenAIChatCompletionChunk]:
-        request = GenerationRequest(
-            kind="chat",
-            messages=[_message_dict(i, m) for i, m in enumerate(params.messages)],
-            max_tokens=params.max_completion_tokens or params.max_tokens,
-            **self._sampling(params),
-        )
-        request_id = self.runtime.submit([request], principal(), INTERACTIVE)[0]
-        created = int(time.time())
-        if request.stream:
-            include_usage = bool((params.stream_options or {}).get("include_usage"))
-            return await self._chat_stream(request_id, params.model, created, include_usage)
-        result = await self._wait(request_id)
-        return OpenAIChatCompletion(
-            id=f"chatcmpl-{request_id}",
-            created=created,
-            model=params.model,
-            choices=[
-                OpenAIChoice(
-                    index=c.index,
-                    finish_reason=c.finish_reason,
-                    message=OpenAIChatCompletionResponseMessage(content=c.text),
-                )
-                for c in result.choices
-            ],
-            usage=_usage(result),
-        )
+        return await self._serve("openai.chat", params, "chatcmpl", OpenAIChatCompletion, OpenAIChatCompletionChunk)
 
     async def openai_completion(
         self, params: OpenAICompletionRequestWithExtraBody
     ) -> OpenAICompletion | AsyncIterator[OpenAICompletion]:
-        if not isinstance(params.prompt, str):
-            raise InvalidFieldError("prompt", "only a single string prompt is supported; use /v1/scalarlm/generate")
-        if params.stream:
-            raise InvalidFieldError("stream", "streaming completions are not supported; use chat completions")
-        sampling = self._sampling(params)
-        request = GenerationRequest(kind="completion", prompt=params.prompt, max_tokens=params.max_tokens, **sampling)
-        request_id = self.runtime.submit([request], principal(), INTERACTIVE)[0]
-        result = await self._wait(request_id)
-        return OpenAICompletion(
-            id=f"cmpl-{request_id}",
-            created=int(time.time()),
-            model=params.model,
-            choices=[OpenAICompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in result.choices],
-        )
+        # Streamed as vLLM wrote them: Llama Stack's completion type has no room for a chunk that has
+        # not finished yet (its finish_reason cannot be null), and its router passes the stream on as is.
+        return await self._serve("openai.completion", params, "cmpl", OpenAICompletion, dict)
 
     async def openai_embeddings(self, params: OpenAIEmbeddingsRequestWithExtraBody) -> OpenAIEmbeddingsResponse:
         raise InvalidFieldError("model", f"{params.model!r} is a generative model and cannot embed")
@@ -144,27 +102,24 @@ class ScalarLMInferenceProvider:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _sampling(self, params) -> dict:
-        stop = params.stop
-        return dict(
-            model=self.runtime.catalogue.resolve(params.model, self.__provider_id__),
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=[stop] if isinstance(stop, str) else list(stop or []),
-            seed=params.seed,
-            n=params.n or 1,
-            stream=bool(params.stream),
-        )
-
-    async def _wait(self, request_id: str) -> GenerationResult:
+    async def _serve(self, kind: str, params, prefix: str, response_type, chunk_type):
+        """Queue the call as the client sent it (the worker's vLLM OpenAI layer honours every field
+        it knows, or refuses it with a 400), then hand back vLLM's answer under the stack's id and
+        model name."""
+        body = params.model_dump(mode="json", exclude_none=True)
+        model = self.runtime.catalogue.resolve(params.model, self.__provider_id__)
+        body["model"] = model
+        request = OpenAIRequest(kind=kind, model=model, body=body, stream=bool(params.stream))
+        request_id = self.runtime.submit([request], principal(), INTERACTIVE)[0]
+        rename = dict(id=f"{prefix}-{request_id}", model=params.model)
+        if request.stream:
+            return await self._stream(request_id, lambda chunk: chunk_type(**{**_stack_shape(chunk), **rename}))
         with _queue_errors():
             result = await self.runtime.queue.wait(request_id, principal(), self.runtime.config.limits.request_timeout_s)
         _raise_for_error(result)
-        return result
+        return response_type.model_validate({**_stack_shape(result.response), **rename})
 
-    async def _chat_stream(
-        self, request_id: str, model: str, created: int, include_usage: bool
-    ) -> AsyncIterator[OpenAIChatCompletionChunk]:
+    async def _stream(self, request_id: str, typed) -> AsyncIterator:
         events = self.runtime.queue.stream(request_id, principal(), self.runtime.config.limits.request_timeout_s)
         try:
             with _queue_errors():
@@ -174,45 +129,41 @@ class ScalarLMInferenceProvider:
             await events.aclose()
             raise
 
-        def chunk(choices, usage=None) -> OpenAIChatCompletionChunk:
-            return OpenAIChatCompletionChunk(
-                id=f"chatcmpl-{request_id}", created=created, model=model, choices=choices, usage=usage
-            )
-
-        async def generate() -> AsyncIterator[OpenAIChatCompletionChunk]:
+        async def generate() -> AsyncIterator:
             """Closing it (the client went away) closes ``events``, which cancels the request."""
             item = first
             try:
-                while True:
-                    if isinstance(item, ChoiceDelta):
-                        delta = OpenAIChoiceDelta(content=item.text, role="assistant")
-                        yield chunk([OpenAIChunkChoice(index=item.index, delta=delta, finish_reason=item.finish_reason)])
-                    else:
-                        _raise_for_error(item)
-                        if include_usage:
-                            yield chunk([], usage=_usage(item))
-                        return
+                while isinstance(item, dict):
+                    yield typed(item)
                     with _queue_errors():
                         item = await anext(events)
+                _raise_for_error(item)
             finally:
                 await events.aclose()
 
         return generate()
 
 
-def _message_dict(index: int, message) -> dict:
-    content = message.content
-    if content is None:
-        content = ""
-    elif not isinstance(content, str):
-        parts = []
-        for part in content:
-            text = getattr(part, "text", None)
-            if getattr(part, "type", "text") not in ("text", "input_text", "output_text") or text is None:
-                raise InvalidFieldError(f"messages[{index}].content", f"content part {part.type!r} is not supported")
-            parts.append(text)
-        content = "".join(parts)
-    return {"role": message.role, "content": content}
+def _stack_shape(body: dict) -> dict:
+    """vLLM's OpenAI answer in the shape Llama Stack 0.7's types accept. Its chunk type wants a
+    `name` and `arguments` in every tool-call delta (vLLM's carry the name once, then argument
+    text: the rest become empty strings, which a client concatenating deltas reads as nothing).
+    Its completion choice holds log-probabilities in the chat shape only (a list of tokens with
+    their top alternatives), so the completions API's parallel lists are given in that shape
+    rather than dropped."""
+    for choice in body.get("choices", ()):
+        for call in (choice.get("delta") or {}).get("tool_calls") or ():
+            if "function" in call:
+                call["function"].setdefault("name", "")
+                call["function"].setdefault("arguments", "")
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and "tokens" in logprobs:
+            tops = logprobs.get("top_logprobs") or [{}] * len(logprobs["tokens"])
+            choice["logprobs"] = {"content": [
+                {"token": token, "logprob": logprob,
+                 "top_logprobs": [{"token": t, "logprob": v} for t, v in (top or {}).items()]}
+                for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"], tops, strict=True)]}
+    return body
 
 
 @contextmanager
@@ -231,11 +182,3 @@ def _raise_for_error(item) -> None:
         if item.error.status < 500:
             raise InvalidFieldError(item.error.field or "request", item.error.message.split(": ", 1)[-1])
         raise RequestFailedError(item.error.message, item.error.status)
-
-
-def _usage(result: GenerationResult) -> OpenAIChatCompletionUsage:
-    return OpenAIChatCompletionUsage(
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
-    )

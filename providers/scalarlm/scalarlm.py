@@ -60,6 +60,8 @@ class ScalarLMProvider:
             top_p=request.top_p,
             stop=request.stop,
             seed=request.seed,
+            n=request.n,
+            logprobs=request.logprobs,
         )
         requests = [
             GenerationRequest(kind="completion", prompt=p, **common)
