@@ -10,13 +10,10 @@ client sent it and carry their answer back through the queue unchanged.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from ..queue.schema import GenerationResult, OpenAIRequest, RequestError
-
-log = logging.getLogger(__name__)
 
 EmitChunks = Callable[[list[dict]], None]
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -32,9 +29,7 @@ def tool_support(model_path: Path, tool_parser: str) -> tuple[str | None, str]:
     own = model_path / "chat_template.jinja"
     text = own.read_text() if own.exists() else json.loads(
         (model_path / "tokenizer_config.json").read_text()).get("chat_template") or ""
-    if not isinstance(text, str):  # several named templates: vLLM picks among them itself
-        return None, tool_parser
-    if "tools" in text:
+    if not isinstance(text, str) or "tools" in text:  # several named templates: vLLM picks among them
         return None, tool_parser
     ours = (_TEMPLATES / "chatml_tools.jinja").read_text()
     return ("{%- if tools -%}" + ours + "{%- else -%}" + text + "{%- endif -%}" if text else ours), "hermes"
@@ -65,7 +60,7 @@ class OpenAILayer:
 
     @staticmethod
     def parse(request: OpenAIRequest):
-        """vLLM's typed request, or the field it refuses: a 400 before anything is queued."""
+        """vLLM's typed request, or the field it refuses (a 400 naming it; unknown fields too)."""
         from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
