@@ -84,6 +84,7 @@ def test_completions_endpoint(openai_client, tiny_model):
     ({"messages": [{"role": "user"}]}, "content"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": "x" * 2_000_000}]}, "messages"),
+    ({"tools": []}, "tools"),  # refused by vLLM's model validator, which raises its own error type
 ])
 def test_bad_input_is_a_400_naming_the_field(openai_client, tiny_model, bad, field):
     import openai
@@ -91,6 +92,14 @@ def test_bad_input_is_a_400_naming_the_field(openai_client, tiny_model, bad, fie
     with pytest.raises(openai.BadRequestError) as err:
         chat(openai_client, tiny_model, **{"max_tokens": 4, **bad})
     assert field in str(err.value)
+
+
+def test_an_empty_completion_prompt_is_a_400_naming_it(openai_client, tiny_model):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.completions.create(model=tiny_model, prompt="", max_tokens=4)
+    assert "prompt" in str(err.value)
 
 
 def test_prompt_longer_than_context_is_a_400(openai_client, tiny_model):

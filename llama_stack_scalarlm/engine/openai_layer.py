@@ -64,6 +64,7 @@ class OpenAILayer:
         from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.exceptions import VLLMClientError
 
         kind = ChatCompletionRequest if request.kind == "openai.chat" else CompletionRequest
         try:
@@ -72,12 +73,14 @@ class OpenAILayer:
             error = exc.errors()[0]
             field = ".".join(str(p) for p in error["loc"]) or "request"
             return RequestError(field=field, message=f"{field}: {error['msg']}")
+        except VLLMClientError as exc:  # vLLM's own validators raise past pydantic
+            return _client_error(exc, request.kind)
         if unknown := sorted(parsed.model_extra or {}):
             return RequestError(field=unknown[0], message=f"{unknown[0]}: not a field this server knows")
         return parsed
 
     async def run(self, request: OpenAIRequest, request_id: str, emit: EmitChunks) -> GenerationResult:
-        from vllm.exceptions import VLLMValidationError
+        from vllm.exceptions import VLLMClientError
 
         parsed = self.parse(request)
         if isinstance(parsed, RequestError):
@@ -89,12 +92,8 @@ class OpenAILayer:
         serve = self.chat.create_chat_completion if request.kind == "openai.chat" else self.completion.create_completion
         try:
             answer = await serve(parsed, None)
-        except VLLMValidationError as exc:
-            # vLLM names a prompt too long for the context "input_tokens": the client's field is the prompt
-            field = exc.parameter
-            if field == "input_tokens":
-                field = "messages" if request.kind == "openai.chat" else "prompt"
-            return GenerationResult(error=RequestError(field=field, message=f"{field}: {exc}"))
+        except VLLMClientError as exc:
+            return GenerationResult(error=_client_error(exc, request.kind))
         except (ValueError, TypeError) as exc:  # a template or a parser refusing the input
             return GenerationResult(error=RequestError(message=str(exc)))
         if hasattr(answer, "error") and not hasattr(answer, "choices"):
@@ -115,6 +114,15 @@ class OpenAILayer:
             if chunks:
                 emit(chunks)
         return GenerationResult()
+
+
+def _client_error(exc, kind: str) -> RequestError:
+    """A vLLM client error as a 400 naming the client's field; vLLM names a prompt too long for the
+    context "input_tokens", which the client sent as its messages or prompt."""
+    field = getattr(exc, "parameter", None)
+    if field == "input_tokens":
+        field = "messages" if kind == "openai.chat" else "prompt"
+    return RequestError(field=field, message=f"{field}: {exc}" if field else str(exc))
 
 
 def _error(error) -> RequestError:
