@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench suite clean
 
 setup:
 	bash scripts/setup-env.sh
@@ -26,6 +26,10 @@ bench: setup
 	$(PY) bench/hot_pickup_bench.py
 	$(PY) bench/hot_pickup_bench.py --spare-engine always
 	$(PY) bench/harness.py
+
+# Llama Stack v0.7.1's own inference integration tests, live against the distribution.
+suite: setup
+	bash scripts/llama-stack-suite.sh
 
 clean:
 	rm -rf .state

@@ -141,11 +141,15 @@ def _token(args: argparse.Namespace) -> int:
     from .errors import InvalidFieldError
 
     store = TokenStore(ScalarLMConfig.load().state_dir)
-    if args.action == "create":
+    if args.action in ("create", "add"):
         try:
-            print(store.create(args.name or getpass.getuser()))
+            if args.action == "create":
+                print(store.create(args.name or getpass.getuser()))
+            else:  # from stdin, never the command line (other users see it in `ps`)
+                store.add(args.name, sys.stdin.read().strip())
+                print(f"{args.name}: added")
         except InvalidFieldError as exc:
-            print(f"scalarlm token create: {exc}", file=sys.stderr)
+            print(f"scalarlm token {args.action}: {exc}", file=sys.stderr)
             return 2
     elif args.action == "revoke":
         if not store.revoke(args.name):
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     token_sub = token.add_subparsers(dest="action", required=True)
     create = token_sub.add_parser("create", help="print a new token")
     create.add_argument("--name", help="who it is for (default: your user name)")
+    add = token_sub.add_parser("add", help="grant NAME the token read from stdin (a secret the cluster already holds)")
+    add.add_argument("name")
     revoke = token_sub.add_parser("revoke", help="revoke a token: refused from the next request on")
     revoke.add_argument("name")
     token_sub.add_parser("list", help="names that have a token")

@@ -31,9 +31,9 @@ def stack(tmp_path_factory):
     server.stop()
 
 
-def cli(stack, *args) -> subprocess.CompletedProcess:
+def cli(stack, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llama_stack_scalarlm.cli", *args], env=stack.env(),
-                          capture_output=True, text=True, timeout=60)
+                          input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def routes(stack) -> list[tuple[str, str]]:
@@ -69,6 +69,16 @@ def test_a_bad_token_is_a_401_and_a_revoked_one_stops_working_at_once(stack):
     assert cli(stack, "token", "revoke", "short-lived").returncode == 0
     assert httpx.get(f"{stack.url}/v1/models", headers=headers).status_code == 401
     assert cli(stack, "token", "revoke", "short-lived").returncode == 1
+
+
+def test_a_token_the_cluster_already_holds_is_added_from_stdin(stack):
+    secret = "k8s-secret-value-0123456789"
+    added = cli(stack, "token", "add", "from-secret", stdin=secret + "\n")
+    assert added.returncode == 0, added.stderr
+    assert httpx.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    assert cli(stack, "token", "add", "empty", stdin="").returncode == 2
+    assert cli(stack, "token", "add", "from-secret", stdin="another").returncode == 2, "a name holds one token"
+    assert cli(stack, "token", "revoke", "from-secret").returncode == 0
 
 
 def test_the_server_listens_on_loopback_only(stack):

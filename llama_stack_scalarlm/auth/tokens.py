@@ -48,14 +48,21 @@ class TokenStore:
 
     def create(self, name: str) -> str:
         """A new token for ``name`` (printed once; only its hash is kept)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.add(name, token)
+        return token
+
+    def add(self, name: str, token: str) -> None:
+        """Grant ``name`` a token chosen elsewhere (a secret a cluster already holds, or a test
+        suite's fixed key)."""
         check_name(name, field="name")
+        if not token:
+            raise InvalidFieldError("token", "must not be empty")
         tokens = self._read()
         if name in tokens.tokens:
             raise InvalidFieldError("name", f"{name!r} has a token already; revoke it first")
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         tokens.tokens[name] = TokenRecord(sha256=_digest(token), created=time.time())
         self._write(tokens)
-        return token
 
     def revoke(self, name: str) -> bool:
         tokens = self._read()
