@@ -11,11 +11,12 @@ export SCALARLM_STATE_DIR=${SCALARLM_STATE_DIR:-$(mktemp -d)/state}
 mkdir -p "$SCALARLM_STATE_DIR"
 token=$(.venv/bin/scalarlm token create --name suite)
 printf fake | .venv/bin/scalarlm token add suite-openai-client >/dev/null
-.venv/bin/llama stack run distributions/scalarlm/run.yaml --port "$PORT" >"$SCALARLM_STATE_DIR/server.log" 2>&1 &
+LLAMA_STACK_PORT=$PORT .venv/bin/llama stack run distributions/scalarlm/run.yaml >"$SCALARLM_STATE_DIR/server.log" 2>&1 &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null' EXIT
-for _ in $(seq 300); do  # until an engine serves the model
+for i in $(seq 300); do  # until an engine serves the model (the server answers the token check on this port)
   curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/scalarlm/queue" | grep -q '"workers":{"' && break
+  [ "$i" -lt 300 ] || { tail -20 "$SCALARLM_STATE_DIR/server.log"; echo "no engine came up in 300 s" >&2; exit 1; }
   sleep 1
 done
 [ $# -gt 0 ] || set -- tests/integration/inference/test_openai_completion.py tests/integration/inference/test_tools_with_schemas.py

@@ -1,4 +1,5 @@
-"""Training data checks on their own: a line longer than the limit fails fast, in bounded memory."""
+"""Training data checks on their own: a line longer than the limit fails fast, in bounded memory;
+conversations with tools are accepted, and a bad row names its line and field."""
 
 import json
 import tracemalloc
@@ -35,3 +36,35 @@ def test_a_huge_line_fails_without_being_read_whole(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, f"{peak} bytes held for a 1 MiB limit"
+
+
+CALL = {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+ASK = {"role": "user", "content": "Weather in Paris?"}
+
+
+def test_a_conversation_with_tools_calls_and_results_is_a_row(tmp_path):
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps({"tools": TOOLS, "messages": [
+        ASK, CALL, {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."}]}) + "\n")
+    assert validate_jsonl(path, "sft") == 1
+
+
+@pytest.mark.parametrize("row, where", [
+    ({"messages": [ASK | {"tool_calls": CALL["tool_calls"]}, CALL]}, "messages.0: tool_calls: only an assistant"),
+    ({"messages": [ASK, CALL | {"tool_calls": [{"function": {"name": "f", "arguments": "{not json"}}]}]},
+     "messages.1.tool_calls.0.function.arguments: a JSON object"),
+    ({"messages": [ASK, {"role": "assistant", "content": "hi", "weight": 2}]}, "messages.1.weight: Extra inputs"),
+    ({"messages": [ASK, CALL], "tools": [{"type": "function", "function": {"parameters": {}}}]},
+     "tools.0.function.name: Field required"),
+    ({"messages": [ASK, {"role": "assistant"}]}, "messages.1: content: a string is required"),
+    ({"input": "a", "output": "b", "id": 3}, "id: Extra inputs"),
+])
+def test_a_bad_row_names_its_line_and_field(tmp_path, row, where):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"input": "fine", "output": "row"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(InvalidFieldError) as err:
+        validate_jsonl(path, "sft")
+    assert f"dataset: line 2: {where}" in str(err.value)

@@ -168,3 +168,45 @@ def test_a_field_the_server_does_not_know_is_a_400_naming_it(openai_client, tiny
         openai_client.chat.completions.create(model=tiny_model, messages=ASK, max_tokens=4,
                                               extra_body={field: "auto"})
     assert field in str(err.value)
+
+
+@pytest.mark.parametrize("field, value", [("return_token_ids", True), ("prompt_logprobs", 2),
+                                          ("return_prompt_text", True)])
+def test_a_field_whose_answer_the_stack_cannot_carry_is_a_400_naming_it(openai_client, tiny_model, field, value):
+    # vLLM would answer in response fields Llama Stack's OpenAI types drop on the way back
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.chat.completions.create(model=tiny_model, messages=ASK, max_tokens=4,
+                                              extra_body={field: value})
+    assert field in str(err.value)
+
+
+def test_training_renders_a_tool_conversation_as_the_server_prompts_it(openai_client, smol_model, server, tmp_path):
+    """The trainer and the engine render tools, calls and results with one template: the
+    conversation's prefix before the trained answer is, token for token, the served prompt."""
+    from transformers import AutoTokenizer
+
+    from llama_stack_scalarlm.models.chat_template import tools_template
+    from llama_stack_scalarlm.trainer.data import IGNORE_INDEX, load_examples
+
+    path = server.state_dir / "models" / smol_model.split("/")[1]
+    history = ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": history + [{"role": "assistant", "content": "Sunny."}],
+                                "tools": [WEATHER, TIME]}) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    (example,) = load_examples(rows, tokenizer, "sft", 2048, tools_template(path))
+    labels = example.sequences[0].labels
+    trained = (labels != IGNORE_INDEX).nonzero()[0]
+    assert tokenizer.decode(labels[trained]).startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": ')
+    assert "sunny, 21 C" not in tokenizer.decode(labels[trained]), "a tool's result is not trained"
+
+    served = openai_client.chat.completions.create(model=smol_model, messages=history, tools=[WEATHER, TIME],
+                                                   max_tokens=1, temperature=0)
+    # labels are shifted (position i predicts token i + 1): the final answer's first token sits one
+    # past the start of the last run of trained positions, where the served prompt ends
+    runs = [int(trained[i]) for i in range(1, len(trained)) if trained[i] != trained[i - 1] + 1]
+    assert served.usage.prompt_tokens == runs[-1] + 1

@@ -310,6 +310,32 @@ def test_labels_cover_only_assistant_turns(tiny, tmp_path):
         "violet<|end|>\n", "falcon<|end|>\n"]
 
 
+def test_a_tool_conversation_trains_the_call_and_the_answer_not_the_result(tiny, tmp_path):
+    """The tiny model's own template renders no tools: rows with tools get the server's tool
+    template (``models/chat_template.py``), which writes the call as the hermes parser reads it."""
+    from transformers import AutoTokenizer
+
+    from llama_stack_scalarlm.models.chat_template import tools_template
+    from llama_stack_scalarlm.trainer.data import IGNORE_INDEX, load_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                    "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "rainy"},
+                {"role": "assistant", "content": "It rains."}]
+    path = _write(tmp_path / "tools.jsonl", [{"messages": messages, "tools": tools}, SFT_ROWS[0]])
+    with_tools, plain = load_examples(path, tokenizer, "sft", 1024, tools_template(tiny))
+    labels, ids = with_tools.sequences[0].labels, with_tools.sequences[0].input_ids
+    assert "<tools>" in tokenizer.decode(ids) and '"get_weather"' in tokenizer.decode(ids)
+    trained = tokenizer.decode(labels[labels != IGNORE_INDEX])
+    assert trained.startswith('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+    assert "It rains." in trained and "rainy" not in trained
+    labels = plain.sequences[0].labels  # a row without tools keeps the model's own template
+    assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == "violet<|end|>\n"
+
+
 def test_packed_rows_do_not_attend_across_sequences(tiny, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -13,26 +13,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..models.chat_template import tool_support
 from ..queue.schema import GenerationResult, OpenAIRequest, RequestError
 
 EmitChunks = Callable[[list[dict]], None]
-_TEMPLATES = Path(__file__).parent / "templates"
 # Whoever asks for tools gets a call whose arguments validate against the tool's schema, with
 # tool_choice auto too: xgrammar's structural tag pins them as soon as the model opens a call.
 _TOOL_STRICT_LEVEL = "parameter"
-
-
-def tool_support(model_path: Path, tool_parser: str) -> tuple[str | None, str]:
-    """The chat template and tool parser for a model: its own template if it renders tools; else
-    its own for calls without tools and, for calls with tools, the ChatML tool template this project
-    ships (SmolLM2's own has no tools) with vLLM's hermes parser, which reads the calls it teaches."""
-    own = model_path / "chat_template.jinja"
-    text = own.read_text() if own.exists() else json.loads(
-        (model_path / "tokenizer_config.json").read_text()).get("chat_template") or ""
-    if not isinstance(text, str) or "tools" in text:  # several named templates: vLLM picks among them
-        return None, tool_parser
-    ours = (_TEMPLATES / "chatml_tools.jinja").read_text()
-    return ("{%- if tools -%}" + ours + "{%- else -%}" + text + "{%- endif -%}" if text else ours), "hermes"
 
 
 class OpenAILayer:

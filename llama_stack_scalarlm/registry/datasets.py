@@ -1,4 +1,4 @@
-"""Training data checks: every JSONL line is an object of the shape its method trains on.
+"""Training data checks: every JSONL line is a row of the shape its method trains on (``rows.py``).
 
 Errors name the line and the field, so a user can fix a 100,000-line file without guessing.
 """
@@ -9,8 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import InvalidFieldError
-
-_ROLES = {"system", "user", "assistant", "tool"}
+from .rows import RowError, parse_row
 
 
 def validate_jsonl(path: Path, method: str, *, max_line_bytes: int = 16 << 20) -> int:
@@ -28,35 +27,11 @@ def validate_jsonl(path: Path, method: str, *, max_line_bytes: int = 16 << 20) -
                 row = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise InvalidFieldError("dataset", f"line {number}: not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise InvalidFieldError("dataset", f"line {number}: expected an object")
-            _check_row(row, number, method)
+            try:
+                parse_row(row, method)
+            except RowError as exc:
+                raise InvalidFieldError("dataset", f"line {number}: {exc}") from None
             rows += 1
     if rows == 0:
         raise InvalidFieldError("dataset", "empty: no training rows")
     return rows
-
-
-def _check_row(row: dict, number: int, method: str) -> None:
-    def need_text(field: str) -> None:
-        if not isinstance(row.get(field), str) or not row[field]:
-            raise InvalidFieldError("dataset", f"line {number}: {field}: a non-empty string is required")
-
-    if method == "dpo":
-        for field in ("prompt", "chosen", "rejected"):
-            need_text(field)
-        return
-    if "messages" in row:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise InvalidFieldError("dataset", f"line {number}: messages: a non-empty list is required")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in _ROLES:
-                raise InvalidFieldError("dataset", f"line {number}: messages[{i}].role: one of {sorted(_ROLES)}")
-            if not isinstance(message.get("content"), str):
-                raise InvalidFieldError("dataset", f"line {number}: messages[{i}].content: a string is required")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise InvalidFieldError("dataset", f"line {number}: messages: no assistant message to train on")
-        return
-    need_text("input")
-    need_text("output")

@@ -1,16 +1,17 @@
 """Training data: JSONL rows → tokenized examples → packed rows → micro-batches, in a seeded order.
 
-Row formats (one JSON object per line):
-- ``{"input": str, "output": str}``: one user turn and one assistant turn;
-- ``{"messages": [{"role", "content"}, ...]}``: a conversation, loss on every assistant message;
-- ``{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}``: a DPO pair.
+Row formats (one JSON object per line; ``registry/rows.py`` types them): ``{"input", "output"}``,
+a conversation ``{"messages", "tools"?}`` in OpenAI's chat shape (loss on every assistant message,
+its tool calls included), or a DPO pair ``{"prompt", "chosen", "rejected"}``.
 
-Text is rendered with the tokenizer's chat template, exactly as the server renders a chat request,
-and labels come from character spans of the assistant turns (template text around them, such as
-role headers, is not trained; the end-of-turn marker is). A tokenizer without a chat template (a
-base model) gets plain text: the turns concatenated, EOS after each assistant turn. Labels are stored already shifted
-(``labels[i]`` is the token predicted at position ``i``), so a sequence never predicts into its
-neighbour when rows are packed.
+Text is rendered with the chat template the engine serves the model with (its own, or for rows
+with tools the project's tool template when its own has none: ``models/chat_template.py``), exactly
+as the server renders a chat request with those tools, and labels come from character spans of the
+assistant turns (template text around them, such as role headers and tool results, is not trained;
+the end-of-turn marker is). A tokenizer without a chat template (a base model) gets plain text for
+rows without tools: the turns concatenated, EOS after each assistant turn. Labels are stored
+already shifted (``labels[i]`` is the token predicted at position ``i``), so a sequence never
+predicts into its neighbour when rows are packed.
 
 Packing concatenates examples into rows of at most ``max_seq_len`` tokens with position ids that
 restart at 0 for every sequence. Transformers (5.x) turns restarting position ids into a
@@ -33,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..registry.rows import ChatRow, Row, RowError, TextRow, parse_row
 
 IGNORE_INDEX = -100
 
@@ -70,22 +73,35 @@ class DataPosition:
 # ---------------------------------------------------------------------------------------- loading
 
 
-def load_examples(path: Path, tokenizer: Any, method: str, max_seq_len: int) -> list[Example]:
-    """Tokenize every row of a JSONL file. Rows whose labels are all cut off by truncation are dropped."""
-    conversations: list[tuple[list[dict], int]] = []  # (messages, index of first message trained)
+@dataclass(frozen=True)
+class Conversation:
+    messages: list[dict]  # as a chat template takes them (``Message.for_template``)
+    first: int  # index of the first message trained
+    tools: list[dict] | None
+
+
+def load_examples(path: Path, tokenizer: Any, method: str, max_seq_len: int,
+                  chat_template: str | None = None) -> list[Example]:
+    """Tokenize every row of a JSONL file. Rows whose labels are all cut off by truncation are dropped.
+
+    ``chat_template`` is the one the engine serves the model with (``models.chat_template``), so a
+    conversation with tools is trained on exactly the text a request with those tools is prompted with."""
+    conversations: list[Conversation] = []
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = parse_row(json.loads(line), method)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path.name} line {line_no}: not JSON ({exc})") from None
-            conversations.extend(_conversations(row, method, f"{path.name} line {line_no}"))
+            except RowError as exc:
+                raise ValueError(f"{path.name} line {line_no}: {exc}") from None
+            conversations.extend(_conversations(row))
     if not conversations:
         raise ValueError(f"{path.name}: no rows")
     limit = max_seq_len // 2 if method == "dpo" else max_seq_len
-    sequences = _tokenize(tokenizer, conversations, limit)
+    sequences = _tokenize(tokenizer, conversations, limit, chat_template)
     group = 2 if method == "dpo" else 1
     examples = []
     for i in range(0, len(sequences), group):
@@ -97,60 +113,52 @@ def load_examples(path: Path, tokenizer: Any, method: str, max_seq_len: int) -> 
     return examples
 
 
-def _conversations(row: Any, method: str, where: str) -> list[tuple[list[dict], int]]:
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object")
-    if method == "dpo":
-        if not {"prompt", "chosen", "rejected"} <= row.keys():
-            raise ValueError(f"{where}: a DPO row needs 'prompt', 'chosen' and 'rejected'")
-        prompt = _messages(row["prompt"], "user", where)
-        return [(prompt + _messages(row[k], "assistant", where), len(prompt)) for k in ("chosen", "rejected")]
-    if "messages" in row:
-        messages = _messages(row["messages"], None, where)
-        if not any(m["role"] == "assistant" for m in messages):
-            raise ValueError(f"{where}: 'messages' has no assistant message to train on")
-        return [(messages, 0)]
-    if "input" in row and "output" in row:
-        return [(_messages(row["input"], "user", where) + _messages(row["output"], "assistant", where), 1)]
-    raise ValueError(f"{where}: expected {{'input','output'}} or {{'messages'}} (method {method})")
+def _conversations(row: Row) -> list[Conversation]:
+    if isinstance(row, TextRow):
+        return [Conversation([{"role": "user", "content": row.input}, {"role": "assistant", "content": row.output}],
+                             1, None)]
+    tools = [t.for_template() for t in row.tools] if row.tools else None
+    if isinstance(row, ChatRow):
+        return [Conversation([m.for_template() for m in row.messages], 0, tools)]
+    prompt = [m.for_template() for m in row.prompt]
+    return [Conversation(prompt + [m.for_template() for m in answer], len(prompt), tools)
+            for answer in (row.chosen, row.rejected)]
 
 
-def _messages(value: Any, role: str | None, where: str) -> list[dict]:
-    if isinstance(value, str) and role is not None:
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise ValueError(f"{where}: expected a string or a list of {{'role', 'content'}} messages")
-
-
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
-    if not getattr(tokenizer, "chat_template", None):  # a base model: plain text, as a completion request sends it
+def _render(tokenizer: Any, conversation: Conversation, upto: int, generation_prompt: bool,
+            chat_template: str | None) -> str:
+    """The text of ``conversation.messages[:upto]``."""
+    messages = conversation.messages[:upto]
+    if conversation.tools is None and not getattr(tokenizer, "chat_template", None):
+        # a base model: plain text, as a completion request sends it
         return "".join(m["content"] + (tokenizer.eos_token or "" if m["role"] == "assistant" else "") for m in messages)
     if not messages and not generation_prompt:
         return ""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer.apply_chat_template(messages, tools=conversation.tools, chat_template=chat_template,
+                                         tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _assistant_spans(tokenizer: Any, messages: list[dict], first: int, text: str) -> list[tuple[int, int]]:
-    """Character spans of the trained assistant turns: from after the generation prompt to the turn's end."""
+def _assistant_spans(tokenizer: Any, conversation: Conversation, text: str,
+                     chat_template: str | None) -> list[tuple[int, int]]:
+    """Character spans of the trained assistant turns (tool calls included): from after the
+    generation prompt to the turn's end."""
     spans = []
     cursor = 0
-    for i, message in enumerate(messages):
-        if i < first or message["role"] != "assistant":
+    for i, message in enumerate(conversation.messages):
+        if i < conversation.first or message["role"] != "assistant":
             continue
         try:
-            before = _render(tokenizer, messages[:i], True)
-            through = _render(tokenizer, messages[: i + 1], False)
+            before = _render(tokenizer, conversation, i, True, chat_template)
+            through = _render(tokenizer, conversation, i + 1, False, chat_template)
         except Exception:  # e.g. a template that refuses a conversation not starting with a user turn
             before = through = "\0"
         if text.startswith(through) and through.startswith(before):
             spans.append((len(before), len(through)))
         else:  # a template that rewrites earlier turns: fall back to the content itself (+ EOS if it follows)
-            start = text.find(message["content"], cursor)
+            start = text.find(message["content"], cursor) if message["content"] else -1
             if start < 0:
-                raise ValueError("the chat template drops an assistant message's content")
+                raise ValueError("the chat template rewrites earlier turns, and an assistant turn's content is "
+                                 "not in its text to train on")
             end = start + len(message["content"])
             eos = tokenizer.eos_token or ""
             if eos and text.startswith(eos, end):
@@ -160,16 +168,23 @@ def _assistant_spans(tokenizer: Any, messages: list[dict], first: int, text: str
     return spans
 
 
-def _tokenize(tokenizer: Any, conversations: list[tuple[list[dict], int]], limit: int) -> list[Sequence | None]:
+def _tokenize(tokenizer: Any, conversations: list[Conversation], limit: int,
+              chat_template: str | None) -> list[Sequence | None]:
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("the trainer needs a fast tokenizer (offsets map assistant spans to tokens)")
-    texts = [_render(tokenizer, messages, False) for messages, _ in conversations]
-    spans = [_assistant_spans(tokenizer, m, first, t) for (m, first), t in zip(conversations, texts, strict=True)]
+    texts = [_render(tokenizer, c, len(c.messages), False, chat_template) for c in conversations]
+    spans = [_assistant_spans(tokenizer, c, t, chat_template) for c, t in zip(conversations, texts, strict=True)]
     # A chat template writes its own special tokens; plain text gets the tokenizer's (BOS), as vLLM adds them.
-    plain = not getattr(tokenizer, "chat_template", None)
-    encoded = tokenizer(texts, add_special_tokens=plain, return_offsets_mapping=True)
+    plain = [c.tools is None and not getattr(tokenizer, "chat_template", None) for c in conversations]
+    encoded: list[tuple[list[int], list[tuple[int, int]]]] = [([], [])] * len(texts)
+    for special in (True, False):
+        group = [i for i, p in enumerate(plain) if p == special]
+        if group:
+            batch = tokenizer([texts[i] for i in group], add_special_tokens=special, return_offsets_mapping=True)
+            for i, ids, offsets in zip(group, batch["input_ids"], batch["offset_mapping"], strict=True):
+                encoded[i] = (ids, offsets)
     out: list[Sequence | None] = []
-    for ids, offsets, trained_spans in zip(encoded["input_ids"], encoded["offset_mapping"], spans, strict=True):
+    for (ids, offsets), trained_spans in zip(encoded, spans, strict=True):
         ids = np.asarray(ids[:limit], dtype=np.int64)
         starts = np.asarray([o[0] for o in offsets[:limit]], dtype=np.int64)
         trained = np.zeros(len(ids), dtype=bool)

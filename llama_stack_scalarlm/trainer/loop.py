@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..models.chat_template import tools_template
 from ..registry.schema import CheckpointInfo, Hyperparameters, LossPoint, TrainingJob
 from . import PREEMPTED_ERROR, PREEMPTED_EXIT_CODE
 from .backend import TrainingBackend
@@ -89,7 +90,8 @@ def train(job: TrainingJob, job_dir: Path, device: torch.device, stop: StopReque
     model_path = Path(job.base_model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    examples = load_examples(job_dir / "dataset.jsonl", tokenizer, hp.method, hp.max_seq_len)
+    examples = load_examples(job_dir / "dataset.jsonl", tokenizer, hp.method, hp.max_seq_len,
+                             tools_template(model_path))
 
     _seed(hp.seed)  # identical on every rank: identical LoRA initialization
     backend = create_backend(hp.backend)

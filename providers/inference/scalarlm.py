@@ -28,6 +28,10 @@ from llama_stack_scalarlm.runtime import ServerRuntime
 from ..principal import principal
 
 MODEL_REFRESH_S = 2
+# vLLM answers these in fields Llama Stack's OpenAI response types have no room for (or ignores them
+# outside its render routes): refused by name, not accepted and lost on the way back.
+_UNCARRIED = ("prompt_logprobs", "return_token_ids", "return_prompt_text", "return_token_offsets", "mm_payload",
+              "return_mm_kwargs", "kv_transfer_params", "ec_transfer_params")
 
 
 class ScalarLMInferenceProvider:
@@ -106,6 +110,10 @@ class ScalarLMInferenceProvider:
         it knows, or refuses it with a 400), then hand back vLLM's answer under the stack's id and
         model name."""
         body = params.model_dump(mode="json", exclude_none=True)
+        for field in _UNCARRIED:
+            if body.get(field) not in (None, False):
+                raise InvalidFieldError(field, "vLLM answers it in a field Llama Stack's OpenAI response cannot carry "
+                                               "(token ids and log-probabilities: /v1/scalarlm/generate)")
         model = self.runtime.catalogue.resolve(params.model, self.__provider_id__)
         body["model"] = model
         request = OpenAIRequest(kind=kind, model=model, body=body, stream=bool(params.stream))
