@@ -103,6 +103,64 @@ def test_lora_job_is_taught_facts_and_served_without_restart(stack, client, fact
     assert [ask(stack, f"scalarlm/{TINY}", q) for q, _ in FACTS] == before
 
 
+WEATHER = {"type": "function", "function": {  # as the Agent below describes its client tool
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}},
+                   "required": ["city"]}}}
+
+
+def tool_use_rows() -> list[dict]:
+    """The call on a weather question, the answer after the tool's result: what the Agent's turn
+    needs. One city, so that the tiny random model, sampled at the Agent's temperature 1, learns
+    its arguments as surely as the call itself (generalizing is SmolLM2's, in bench/tool_calls_bench.py)."""
+    rows = []
+    for i, question in enumerate(["What is the weather in Oslo?", "Weather in Oslo?", "Is it raining in Oslo?",
+                                  "How warm is Oslo today?", "Tell me the weather for Oslo."]):
+        call = {"id": f"c{i}", "type": "function",
+                "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}
+        rows.append({"tools": [WEATHER], "messages": [
+            {"role": "system", "content": "You answer weather questions with the get_weather tool."},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{i}", "content": json.dumps({"city": "Oslo", "sky": "sunny"})},
+            {"role": "assistant", "content": "It is sunny in Oslo."}]})
+    return rows
+
+
+def test_a_model_taught_to_call_tools_serves_an_agent_turn(stack, client, tmp_path):
+    """llama-stack-client's Agent (Responses API, tool_choice auto, its default sampling) with a
+    client tool, on the tiny model after a LoRA job on tool-use conversations: the turn calls the
+    tool, gets its result back and answers."""
+    from llama_stack_client import Agent, LlamaStackClient
+
+    path = tmp_path / "tools.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in tool_use_rows() * 2))
+    job = client.train(TINY, client.upload(path), steps=80, learning_rate=2e-2, batch_size=8, lora=True,
+                       lora_rank=16, max_seq_len=1024, checkpoint_every=60)
+    assert client.follow(job).state == "COMPLETED"
+    assert wait_listed(stack, f"scalarlm/{job}", timeout_s=30)
+    time.sleep(2)  # the worker swaps in the final adapter within a second of its checkpoint
+
+    calls = []
+
+    def get_weather(city: str) -> dict:
+        """Current weather in a city.
+
+        :param city: the city
+        """
+        calls.append(city)
+        if len(calls) > 3:  # the Agent turns a tool's exception into its result: stop the turn's loop here
+            raise SystemExit(f"the model keeps calling: {calls}")
+        return {"city": city, "sky": "sunny"}
+
+    agent = Agent(LlamaStackClient(base_url=stack.url, api_key=stack.token, timeout=120), model=f"scalarlm/{job}",
+                  instructions="You answer weather questions with the get_weather tool.", tools=[get_weather])
+    response = agent.create_turn(messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
+                                 session_id=agent.create_session("weather"), stream=False)
+    assert calls and calls[0] == "Oslo", calls
+    assert response.output_text.strip()
+
+
 def test_cancelled_job_resumes_from_its_newest_checkpoint(stack, client, facts_sha):
     settings = dict(steps=80, learning_rate=4e-3, batch_size=8, checkpoint_every=5)
     job = client.train(TINY, facts_sha, **settings)
