@@ -118,10 +118,6 @@ class Request:
     arguments: dict | None
 
 
-def _format(phrasing: str, values: dict) -> str:
-    return phrasing.format(**{k: v for k, v in values.items()})
-
-
 def _split(items: tuple, held_out: bool, fraction: float = 1 / 3) -> tuple:
     cut = len(items) - max(1, round(len(items) * fraction))
     return items[cut:] if held_out else items[:cut]
@@ -140,11 +136,11 @@ def requests(n: int, held_out: bool, seed: int) -> list[Request]:
     rng = random.Random(seed)
     out = []
     no_tool = _split(tuple(NO_TOOL), held_out)
+    pool = TASKS + HELD_OUT_TASKS if held_out else TASKS
     for i in range(n):
         if i % 5 == 4:
             text, _ = rng.choice(no_tool)
-            out.append(Request([{"role": "user", "content": text}], _offer(rng, None, TASKS + HELD_OUT_TASKS
-                                                                             if held_out else TASKS), None, None))
+            out.append(Request([{"role": "user", "content": text}], _offer(rng, None, pool), None, None))
             continue
         if held_out and i % 2:
             task = rng.choice(HELD_OUT_TASKS)
@@ -153,8 +149,7 @@ def requests(n: int, held_out: bool, seed: int) -> list[Request]:
             task = rng.choice(TASKS)
             phrasing = task.phrasings[-1] if held_out else rng.choice(task.phrasings[:-1])
             values = rng.choice(_split(task.values, held_out))
-        pool = TASKS + HELD_OUT_TASKS if held_out else TASKS
-        out.append(Request([{"role": "user", "content": _format(phrasing, values)}], _offer(rng, task, pool),
+        out.append(Request([{"role": "user", "content": phrasing.format(**values)}], _offer(rng, task, pool),
                            task.name, values))
     return out
 

@@ -125,12 +125,16 @@ def _conversations(row: Row) -> list[Conversation]:
             for answer in (row.chosen, row.rejected)]
 
 
+def _plain(tokenizer: Any, conversation: Conversation) -> bool:
+    """A base model's row without tools: plain text, as a completion request sends it."""
+    return conversation.tools is None and not getattr(tokenizer, "chat_template", None)
+
+
 def _render(tokenizer: Any, conversation: Conversation, upto: int, generation_prompt: bool,
             chat_template: str | None) -> str:
     """The text of ``conversation.messages[:upto]``."""
     messages = conversation.messages[:upto]
-    if conversation.tools is None and not getattr(tokenizer, "chat_template", None):
-        # a base model: plain text, as a completion request sends it
+    if _plain(tokenizer, conversation):
         return "".join(m["content"] + (tokenizer.eos_token or "" if m["role"] == "assistant" else "") for m in messages)
     if not messages and not generation_prompt:
         return ""
@@ -175,7 +179,7 @@ def _tokenize(tokenizer: Any, conversations: list[Conversation], limit: int,
     texts = [_render(tokenizer, c, len(c.messages), False, chat_template) for c in conversations]
     spans = [_assistant_spans(tokenizer, c, t, chat_template) for c, t in zip(conversations, texts, strict=True)]
     # A chat template writes its own special tokens; plain text gets the tokenizer's (BOS), as vLLM adds them.
-    plain = [c.tools is None and not getattr(tokenizer, "chat_template", None) for c in conversations]
+    plain = [_plain(tokenizer, c) for c in conversations]
     encoded: list[tuple[list[int], list[tuple[int, int]]]] = [([], [])] * len(texts)
     for special in (True, False):
         group = [i for i, p in enumerate(plain) if p == special]
