@@ -1,6 +1,11 @@
 """llama-stack-client against the distribution: models, chat, and one Agent turn."""
 
-from llama_stack_client import Agent, LlamaStackClient
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from llama_stack_client import Agent, LlamaStackClient, NotFoundError
+
+from providers.inference.scalarlm import MODEL_REFRESH_S
 
 
 def test_models_list_shows_served_models(server, tiny_model, smol_model):
@@ -41,3 +46,23 @@ def test_agent_turn_answers_and_is_kept_in_the_session(server, smol_model):
     assert answer.strip()
     stored = str(client.conversations.items.list(conversation_id=session).data)
     assert answer in stored
+
+
+def test_served_models_stay_listed_across_the_stacks_model_refreshes(server, tiny_model):
+    """The stack re-lists provider models every MODEL_REFRESH_S (2 s); its own update unregisters
+    every listed model and registers it again, so a request in between got a 404 for a model
+    that was served all along (seen in the suite's streaming_with_n)."""
+    client = LlamaStackClient(base_url=server.url, api_key=server.token)
+    deadline = time.monotonic() + 3 * MODEL_REFRESH_S
+
+    def misses() -> int:
+        missed = 0
+        while time.monotonic() < deadline:
+            try:
+                client.models.retrieve(tiny_model)
+            except NotFoundError:
+                missed += 1
+        return missed
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(lambda _: misses(), range(4))) == 0

@@ -55,20 +55,32 @@ class ScalarLMInferenceProvider:
 
     # -- models -----------------------------------------------------------------------------------
 
-    async def list_models(self) -> list[Model]:
+    async def list_models(self) -> None:
+        """Brings the stack's model table to what is served by difference, and returns None (the
+        stack's "nothing to update"). The stack's own update unregisters every model a provider
+        listed and registers it again, every refresh (2 s here): a request in between got a 404
+        for a model served all along."""
+        from llama_stack.core.datatypes import ModelWithOwner, RegistryEntrySource
+
         names = self.runtime.catalogue.served_models()
         if self.runtime.catalogue.trained_models():
             names.append(LATEST)
-        return [
-            Model(
-                identifier=name,
-                provider_resource_id=name,
+        ours = [m for m in await self.model_store.get_all_with_type("model") if m.provider_id == self.__provider_id__]
+        aliased = {m.provider_resource_id for m in ours if m.source == RegistryEntrySource.via_register_api}
+        wanted = {f"{self.__provider_id__}/{name}": name for name in names if name not in aliased}
+        listed = {m.identifier: m for m in ours if m.source == RegistryEntrySource.listed_from_provider}
+        for identifier in listed.keys() - wanted.keys():
+            await self.model_store.unregister_object(listed[identifier])
+        for identifier in wanted.keys() - listed.keys():
+            await self.model_store.register_object(ModelWithOwner(
+                identifier=identifier,
+                provider_resource_id=wanted[identifier],
                 provider_id=self.__provider_id__,
                 model_type=ModelType.llm,
                 metadata={"context_length": self.runtime.config.max_model_len},
-            )
-            for name in names
-        ]
+                source=RegistryEntrySource.listed_from_provider,
+            ))
+        return None
 
     async def should_refresh_models(self) -> bool:
         return True  # trained models appear as their checkpoints land
