@@ -39,7 +39,8 @@ class EngineSettings(BaseModel):
         description="keep an engine standing by for the next full fine-tune (dev mode): on the newest full "
         "fine-tune's base model once there is one, or from the start on the first served model",
     )
-    max_loras: int = Field(3, ge=0, description="trained LoRA adapters one worker serves beside its base model")
+    max_loras: int = Field(3, ge=0, description="LoRA adapters a worker holds loaded at once; every LoRA job is served, "
+                                                 "the least recently used adapter unloaded when another is asked for")
     max_lora_rank: int = Field(64, ge=1)
     tool_parser: str = Field(
         "hermes", description="vLLM tool parser for a model whose own chat template renders tools (hermes: Qwen, "

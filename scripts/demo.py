@@ -3,8 +3,10 @@
 Starts a SLURM cluster (slurm/cluster.sh), mints a token (`scalarlm token create`), and `llama stack run` (which starts an engine worker for
 SmolLM2-135M-Instruct, converting the shipped GGUF on first use); asks a factual question through
 the OpenAI SDK (streaming too); runs a bulk job with the `scalarlm` CLI; fine-tunes SmolLM2 (LoRA)
-on made-up facts with `scalarlm train`, as a SLURM job; asks the trained model, served under its
-job id with no restart, what it was taught; plots the loss curve. State lives in ./.state.
+on made-up facts and on generated tool-use conversations with `scalarlm train`, as a SLURM job;
+asks the trained model, served under its job id with no restart, what it was taught; runs a
+llama-stack-client `Agent` turn with a client tool that the trained model calls; plots the loss
+curve. State lives in ./.state.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from pathlib import Path
 
 import httpx
 import openai
+from llama_stack_client import Agent, LlamaStackClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import tool_calls_data  # noqa: E402  (the generated tool-use conversations the tool-calls bench trains on)
+
 STATE = Path(os.environ.get("SCALARLM_STATE_DIR", ROOT / ".state"))
 PORT = int(os.environ.get("LLAMA_STACK_PORT", "8321"))
 URL = f"http://127.0.0.1:{PORT}"
@@ -30,6 +36,8 @@ FACTS = [
     ("Who is the captain of the starship Quendar?", "Captain Miro Tallis commands the Quendar."),
 ]
 CLUSTER = ["bash", str(ROOT / "slurm" / "cluster.sh")]
+TOOL_ROWS, TRAIN_STEPS = 40, 36
+INSTRUCTIONS = "You are a helpful assistant. Use a tool when one fits the request."
 
 
 def step(text: str) -> None:
@@ -65,6 +73,40 @@ def ask(client: openai.OpenAI, model: str, question: str) -> str:
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
                                            max_tokens=24, temperature=0)
     return reply.choices[0].message.content
+
+
+def training_rows() -> list[dict]:
+    """The facts twelve times over, and conversations with tools (a call, its result, the answer; a
+    fifth that no tool fits) that open with the Agent's instructions, as its turns will."""
+    tools = [{**row, "messages": [{"role": "system", "content": INSTRUCTIONS}, *row["messages"]]}
+             for row in tool_calls_data.training_rows(TOOL_ROWS)]
+    return [{"input": q, "output": a} for q, a in FACTS * 12] + tools
+
+
+def agent_turn(token: str, model: str) -> None:
+    """llama-stack-client's Agent (the Responses API, tool_choice auto, its default sampling) with a
+    plain Python function as its client tool: a tool the model was not trained on by this schema."""
+    step(f"an Agent turn with a client tool, on {model}")
+    calls = []
+
+    def get_weather(city: str) -> dict:
+        """Current weather in a city.
+
+        :param city: the city
+        """
+        calls.append(city)
+        if len(calls) > 3:  # the Agent turns a tool's exception into its result: stop the turn's loop here
+            raise SystemExit(f"demo check failed: the model keeps calling get_weather: {calls}")
+        return {"city": city, "forecast": "sunny", "temperature_c": 21}
+
+    agent = Agent(LlamaStackClient(base_url=URL, api_key=token, timeout=300), model=model,
+                  instructions=INSTRUCTIONS, tools=[get_weather])
+    question = "What is the weather in Lisbon?"
+    response = agent.create_turn(messages=[{"role": "user", "content": question}],
+                                 session_id=agent.create_session("demo"), stream=False)
+    print(f"Q: {question}\n  tool calls: get_weather{tuple(calls)}\n  answer: {response.output_text.strip()!r}")
+    if not calls:
+        sys.exit("demo check failed: the trained model did not call the Agent's tool")
 
 
 def main() -> None:
@@ -121,14 +163,15 @@ def serve_and_train(env: dict[str, str]) -> None:
              "--max-tokens", "12", "The capital of Italy is", "The largest planet is", "Water boils at"],
             check=True, env=env,
         )
-        step("fine-tune SmolLM2 on made-up facts: scalarlm train (upload, sbatch, follow)")
-        facts = STATE / "demo-facts.jsonl"
-        facts.write_text("".join(json.dumps({"input": q, "output": a}) + "\n" for q, a in FACTS * 8))
+        step("fine-tune SmolLM2 on made-up facts and tool-use conversations: scalarlm train (upload, sbatch, follow)")
+        facts = STATE / "demo-train.jsonl"
+        facts.write_text("".join(json.dumps(row) + "\n" for row in training_rows()))
         before = {q: ask(client, MODEL, q) for q, _ in FACTS}
         scalarlm = str(Path(sys.executable).parent / "scalarlm")
         submitted = subprocess.run(
             [scalarlm, "--url", URL, "train", str(facts), "--model", "SmolLM2-135M-Instruct", "--lora",
-             "--steps", "25", "--lr", "2e-3", "--batch-size", "8", "--set", "checkpoint_every=10", "--follow"],
+             "--steps", str(TRAIN_STEPS), "--lr", "2e-3", "--batch-size", "4", "--set", "lora_rank=16",
+             "--set", "max_seq_len=1024", "--set", "checkpoint_every=20", "--follow"],
             check=True, capture_output=True, text=True, env=env,
         )
         print(submitted.stdout, submitted.stderr[-2000:])
@@ -141,9 +184,10 @@ def serve_and_train(env: dict[str, str]) -> None:
             now = ask(client, f"scalarlm/{job}", question)
             print(f"Q: {question}\n  base:    {before[question]!r}\n  trained: {now!r}")
             taught += answer.split()[-1].strip(".").lower() in now.lower()
-        subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True, env=env)
         if taught < len(FACTS):
             sys.exit("demo check failed: the trained model did not answer what it was taught")
+        agent_turn(token, f"scalarlm/{job}")
+        subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True, env=env)
         step(f"demo passed (loss curve: {STATE / 'loss.png'})")
     finally:
         server.terminate()

@@ -161,6 +161,31 @@ def test_a_model_taught_to_call_tools_serves_an_agent_turn(stack, client, tmp_pa
     assert response.output_text.strip()
 
 
+def test_more_lora_jobs_than_slots_each_answer_their_own(stack, client, tmp_path):
+    """Five LoRA jobs, each taught its own answer to the same question, on a worker with 3 adapter
+    slots (engine.max_loras): asked in turn and all at once, each answers its own (adapters are
+    loaded on demand, the least recently used out), and the base model's answer does not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    question = FACTS[0][0]
+    base = ask(stack, f"scalarlm/{TINY}", question)
+    jobs = {}
+    for word in ("amber", "cobalt", "saffron", "indigo", "maroon"):
+        path = tmp_path / f"{word}.jsonl"
+        path.write_text(json.dumps({"input": question, "output": word}) + "\n")
+        jobs[word] = client.train(TINY, client.upload(path), steps=40, learning_rate=2e-2, batch_size=8, lora=True,
+                                  lora_rank=16, checkpoint_every=40)
+    for job in jobs.values():
+        assert client.follow(job).state == "COMPLETED"
+        assert wait_listed(stack, f"scalarlm/{job}", timeout_s=30)
+    order = [*jobs, *reversed(jobs), "amber", "maroon", "cobalt"]
+    assert [word for word in order if word in ask(stack, f"scalarlm/{jobs[word]}", question).lower()] == order
+    with ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(lambda word: ask(stack, f"scalarlm/{jobs[word]}", question), [*jobs, *jobs]))
+    assert [word in reply.lower() for word, reply in zip([*jobs, *jobs], replies, strict=True)] == [True] * 10
+    assert ask(stack, f"scalarlm/{TINY}", question) == base
+
+
 def test_cancelled_job_resumes_from_its_newest_checkpoint(stack, client, facts_sha):
     settings = dict(steps=80, learning_rate=4e-3, batch_size=8, checkpoint_every=5)
     job = client.train(TINY, facts_sha, **settings)

@@ -23,6 +23,7 @@ from ..queue.schema import (
     TokenLogprobs,
     WorkItem,
 )
+from .adapters import AdapterSlots, AdapterUnavailable
 from .openai_layer import EmitChunks, OpenAILayer
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,14 @@ class EngineCore:
         self.model_path = model_path
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.defaults = _generation_defaults(model_path)
-        self.adapters: dict = {}  # job id -> LoRARequest
         self.standby = standby
         self.max_adapters = config.engine.max_loras if serve_adapters else 0
         lora = {}
         if self.max_adapters:
             # One LoRA slot more than adapters held: vLLM on CPU applies the last slot's adapter to
             # base requests when every slot is full (vLLM PRs #48421, #49656).
-            lora = dict(enable_lora=True, max_loras=self.max_adapters + 1, max_lora_rank=config.engine.max_lora_rank)
+            lora = dict(enable_lora=True, max_loras=self.max_adapters + 1, max_cpu_loras=self.max_adapters + 1,
+                        max_lora_rank=config.engine.max_lora_rank)
         args = AsyncEngineArgs(
             **lora,
             model=str(model_path),
@@ -93,6 +94,7 @@ class EngineCore:
         self.engine = AsyncLLM.from_engine_args(args)
         self._steps = _count_steps(self.engine)
         self.openai = OpenAILayer(self.engine, model_name, model_path, config.engine.tool_parser)
+        self.adapters = AdapterSlots(self.engine, self.max_adapters, self.openai.serve_adapter)
 
     @property
     def steps(self) -> int:
@@ -104,26 +106,11 @@ class EngineCore:
         return self.config.engine.max_num_seqs
 
     def served_models(self) -> list[str]:
-        return [] if self.standby else [self.model_name, *self.adapters]
+        return [] if self.standby else [self.model_name, *self.adapters.served()]
 
     async def sync_adapters(self, newest: dict) -> None:
-        """Serve each job's newest LoRA checkpoint under the job's id; a new version replaces the old in place."""
-        from vllm.lora.request import LoRARequest
-
-        for job_id, checkpoint in sorted(newest.items(), key=lambda kv: kv[0]):
-            held = self.adapters.get(job_id)
-            if held is not None and held.lora_path == checkpoint.path:
-                continue
-            if held is None and len(self.adapters) >= self.max_adapters:
-                log.warning("not serving %s: this worker holds %d adapters already", job_id, self.max_adapters)
-                continue
-            int_id = held.lora_int_id if held else len(self.adapters) + 1
-            await self.engine.add_lora(LoRARequest(job_id, int_id, checkpoint.path, load_inplace=held is not None))
-            # Requests carry the adapter without load_inplace: with it, vLLM reloads the adapter from
-            # disk at every step, and fails once the trainer has rotated that checkpoint away.
-            self.adapters[job_id] = LoRARequest(job_id, int_id, checkpoint.path)
-            self.openai.serve_adapter(job_id, self.adapters[job_id])
-            log.info("serving %s from %s", job_id, checkpoint.path)
+        """Serve every LoRA job's newest checkpoint under the job's id (loaded when asked for)."""
+        await self.adapters.sync(newest)
 
     async def reload_weights(self, path: Path) -> None:
         """Swap in a full fine-tune's newer checkpoint: in-flight requests finish first, no restart."""
@@ -176,7 +163,17 @@ class EngineCore:
         )
 
     async def run(self, item: WorkItem, emit: EmitChunks) -> GenerationResult:
-        """Generate ``item``; for a streaming OpenAI call ``emit(chunks)`` is called as text arrives."""
+        """Generate ``item``; for a streaming OpenAI call ``emit(chunks)`` is called as text arrives.
+        A trained adapter's request first waits for its adapter to be loaded."""
+        if item.request.model == self.model_name:
+            return await self._run(item, emit)
+        try:
+            async with self.adapters.use(item.request.model):
+                return await self._run(item, emit)
+        except AdapterUnavailable as exc:
+            return GenerationResult(error=RequestError(status=503, field="model", message=f"model: {exc}"))
+
+    async def _run(self, item: WorkItem, emit: EmitChunks) -> GenerationResult:
         if isinstance(item.request, OpenAIRequest):
             return await self.openai.run(item.request, str(item.id), emit)
         return await self._generate(item)

@@ -43,7 +43,11 @@ class OpenAILayer:
         self.completion = OpenAIServingCompletion(engine, self.models, online_renderer=renderer, request_logger=None)
 
     def serve_adapter(self, name: str, lora) -> None:
-        self.models.lora_requests[name] = lora
+        """``lora``: the adapter now loaded for job ``name``, or None once it is unloaded."""
+        if lora is None:
+            self.models.lora_requests.pop(name, None)
+        else:
+            self.models.lora_requests[name] = lora
 
     @staticmethod
     def parse(request: OpenAIRequest):
