@@ -104,7 +104,7 @@ def agent_turn(token: str, model: str) -> None:
     question = "What is the weather in Lisbon?"
     response = agent.create_turn(messages=[{"role": "user", "content": question}],
                                  session_id=agent.create_session("demo"), stream=False)
-    print(f"Q: {question}\n  tool calls: get_weather{tuple(calls)}\n  answer: {response.output_text.strip()!r}")
+    print(f"Q: {question}\n  tool calls: {', '.join(f'get_weather(city={c!r})' for c in calls)}\n  answer: {response.output_text.strip()!r}")
     if not calls:
         sys.exit("demo check failed: the trained model did not call the Agent's tool")
 
