@@ -23,6 +23,7 @@ from .slurm import QueueEntry
 
 _BATCH = 5_000
 _CHUNK = 8 << 20  # bytes read and sent at a time (and the progress bar's step)
+_SETTLE_POLL_S = 0.2  # how often a resume asks whether a PUT is still storing bytes
 _RETRIES = 3
 _LONG_POLL_S = 10.0
 _TRAINING = "/v1alpha/post-training"
@@ -139,9 +140,7 @@ class ScalarLMClient:
                 _raise(response)
                 session = UploadSession.model_validate(response.json())
             else:  # cut off, or the server stands at another offset: resume from where its bytes end
-                response = self._http.get(f"/v1/scalarlm/uploads/{session.upload_id}")
-                _raise(response)
-                session = UploadSession.model_validate(response.json())
+                session = self._standing(session.upload_id)
         if not session.complete:
             session = UploadSession.model_validate(self._post(f"/v1/scalarlm/uploads/{session.upload_id}/complete", {}))
         if _version(path.stat()) == _version(stat):  # unchanged while it was sent: the hash belongs to this version
@@ -152,12 +151,25 @@ class ScalarLMClient:
 
     def _resume_or_begin(self, known: dict, size: int) -> UploadSession:
         if "upload_id" in known:
-            response = self._http.get(f"/v1/scalarlm/uploads/{known['upload_id']}")
-            if response.status_code != 404:  # gone (finished or removed): start again
-                _raise(response)
-                return UploadSession.model_validate(response.json())
+            try:
+                return self._standing(known["upload_id"])
+            except KeyError:  # gone (finished or removed): start again
+                pass
         body = {"size": size, "sha256": known.get("sha256")}
         return UploadSession.model_validate(self._post("/v1/scalarlm/uploads", body))
+
+    def _standing(self, upload_id: str) -> UploadSession:
+        """Where the upload stands once no PUT is storing bytes into it: a PUT of ours that was cut
+        off may still be, and resuming from the bytes on disk before then sends its bytes again."""
+        while True:
+            response = self._http.get(f"/v1/scalarlm/uploads/{upload_id}")
+            if response.status_code == 404:
+                raise KeyError(upload_id)
+            _raise(response)
+            session = UploadSession.model_validate(response.json())
+            if not session.storing:
+                return session
+            time.sleep(_SETTLE_POLL_S)
 
     def train(self, model: str, dataset_sha256: str, steps: int, learning_rate: float = 1e-3,
               batch_size: int = 8, lora: bool = False, lora_rank: int = 8, method: str = "sft",

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from llama_stack_scalarlm.client import ScalarLMClient
+from llama_stack_scalarlm.client import ScalarLMClient, _UploadCache
 
 from .conftest import TINY
 from .stack import ROOT, StackServer
@@ -323,6 +324,36 @@ def test_an_upload_cut_off_resumes_where_the_server_stands(stack, client, tmp_pa
     assert client.upload(path, progress=lambda done, total: sent.append(done)) == hashlib.sha256(
         path.read_bytes()).hexdigest()
     assert sent[0] > 8 << 20, "the second call sent again the bytes the server had"
+
+
+def test_a_resume_waits_for_the_put_still_storing_bytes(stack, client, tmp_path):
+    """A cut-off PUT can still be storing when the client resumes (CI caught it: the bytes on disk
+    lag those received): the resume waits for it, then sends only what the server lacks."""
+    path = tmp_path / "held.bin"
+    data = os.urandom(32 << 20)
+    path.write_bytes(data)
+    upload_id = client._post("/v1/scalarlm/uploads", {"size": len(data)})["upload_id"]
+    _UploadCache().put(path.resolve(), path.stat(), upload_id=upload_id)  # as a cut-off upload() leaves it
+    held_bytes = 9 << 20  # one 8 MiB block on disk, the rest still in the server's hands
+    received, release = threading.Event(), threading.Event()
+
+    def held_body():
+        for start in range(0, held_bytes, 1 << 20):
+            yield data[start:start + (1 << 20)]
+        received.set()
+        release.wait(60)
+
+    held = threading.Thread(target=lambda: httpx.put(
+        f"{stack.url}/v1/scalarlm/uploads/{upload_id}", params={"offset": 0}, content=held_body(),
+        headers={"Authorization": f"Bearer {stack.token}"}, timeout=120))
+    held.start()
+    assert received.wait(60)
+    time.sleep(1.0)  # the first block is on disk, the last MiB is not
+    threading.Timer(2.0, release.set).start()
+    sent = []
+    assert client.upload(path, progress=lambda done, total: sent.append(done)) == hashlib.sha256(data).hexdigest()
+    held.join(60)
+    assert sent[0] == held_bytes + (8 << 20), f"resumed at {sent[0] - (8 << 20)} bytes, not where the held PUT ended"
 
 
 def sft_body(job_uuid, dataset_id, steps=10, **extra):

@@ -42,6 +42,8 @@ class UploadSession(BaseModel):
     sha256: str | None = Field(None, description="set once the content is stored")
     expected_sha256: str | None = None
     complete: bool = False
+    storing: bool = Field(False, description="a PUT is still storing bytes (one cut off, too): the offset "
+                                             "moves until it is done; resume after")
 
 
 class UploadStore:
@@ -83,6 +85,7 @@ class UploadStore:
             raise KeyError(upload_id)
         session = read_model(path, UploadSession)
         session.offset = self._partial(upload_id).stat().st_size
+        session.storing = upload_id in self._appending and self._appending[upload_id].locked()
         return session
 
     async def append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
