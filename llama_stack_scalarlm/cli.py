@@ -71,8 +71,9 @@ def _follow(client: ScalarLMClient, job_id: str, quiet: bool = False) -> int:
 def _ls(args: argparse.Namespace) -> int:
     for status in _client(args).jobs():
         loss = f"{status.loss_history[-1].loss:.4f}" if status.loss_history else "-"
+        lineage = f"  from {status.parent_job_id}" if status.parent_job_id else ""
         print(f"{status.job_id}  {status.state:<9}  step {status.step}/{status.total_steps}  loss {loss}  "
-              f"checkpoints {len(status.checkpoints)}")
+              f"checkpoints {len(status.checkpoints)}{lineage}")
     return 0
 
 
@@ -198,13 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     queue.set_defaults(func=_queue)
 
     train = sub.add_parser("train", help="upload a JSONL dataset, submit a training job, follow it")
-    train.add_argument("dataset", help='JSONL: {"input","output"} or {"messages"} rows ({"prompt","chosen","rejected"} for dpo)')
-    train.add_argument("--model", required=True, help="base model, e.g. tiny-llama or SmolLM2-135M-Instruct")
+    train.add_argument("dataset", help='JSONL: {"input","output"} or {"messages"} rows ({"prompt","chosen","rejected"} '
+                       'for dpo, {"prompt","completions":[{"text","reward"}]} for grpo)')
+    train.add_argument("--model", required=True, help="a base model (tiny-llama, SmolLM2-135M-Instruct) or a completed "
+                       "job to train from (its id, or latest)")
     train.add_argument("--steps", type=int, default=100)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
-    train.add_argument("--method", choices=["sft", "dpo"], default="sft")
+    train.add_argument("--method", choices=["sft", "dpo", "grpo"], default="sft")
     train.add_argument("--loss-type", choices=["sigmoid", "hinge", "ipo"], default="sigmoid", help="DPO's loss")
     train.add_argument("--no-shuffle", action="store_true", help="train on the rows in file order")
     train.add_argument("--packed", action="store_true", help="pack several rows into one sequence")
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=_train)
 
-    ls = sub.add_parser("ls", help="training jobs")
+    ls = sub.add_parser("ls", help="training jobs (and the job each was trained from)")
     ls.set_defaults(func=_ls)
 
     logs = sub.add_parser("logs", help="a training job's log")

@@ -190,6 +190,8 @@ class ScalarLMClient:
                      "algorithm_config": {"beta": settings.pop("dpo_beta", 0.1), "loss_type": loss_type}}
             return self._post(f"{_TRAINING}/preference-optimize", body)["job_uuid"]
         body["model"] = model
+        if method == "grpo":
+            body["hyperparam_search_config"] = {**settings, "method": "grpo"}
         if lora:
             body["algorithm_config"] = {"type": "LoRA", "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
                                         "apply_lora_to_mlp": True, "apply_lora_to_output": False,

@@ -31,10 +31,11 @@ from llama_stack_api import ConflictError
 from .config import ScalarLMConfig
 from .errors import InvalidFieldError
 from .models.builtin import BUILDERS
+from .models.catalogue import LATEST
 from .models.store import ModelStore
 from .registry.datasets import validate_jsonl
 from .registry.jobs import JobRegistry, job_id_for
-from .registry.schema import RUN_SETTINGS, TERMINAL_STATES, Hyperparameters, JobStatus, TrainingJob
+from .registry.schema import RUN_SETTINGS, TERMINAL_STATES, Hyperparameters, JobStatus, LoraSettings, TrainingJob
 from .registry.uploads import UploadStore
 from .slurm import JOB_STATES, UNKNOWN, Slurm, SlurmTimeoutError, SlurmUnavailableError
 from .trainer import TRAINER_VERSION
@@ -157,24 +158,18 @@ class TrainingService:
         keeps the settings it was launched with, because SLURM has its resources and time limit:
         other settings are a 409 (cancel it, then submit again). A completed job is not run again.
         """
-        base_model = base_model.removeprefix("scalarlm/")
-        model_sha256 = self._base_model_hash(base_model)
+        start = self._starting_point(base_model.removeprefix("scalarlm/"), hyperparameters)
         if not self.uploads.has(dataset_sha256):
             raise InvalidFieldError("dataset_id", f"no dataset with sha256 {dataset_sha256}")
         dataset = self.uploads.blob(dataset_sha256)
         validate_jsonl(dataset, hyperparameters.method, max_line_bytes=self.config.limits.max_dataset_line_bytes)
-        self._check_backend(base_model, hyperparameters)
+        self._check_backend(start["base_model"], hyperparameters)
         self._check_resources(hyperparameters)
         self._check_layout(hyperparameters)
-        job = TrainingJob(
-            job_id=job_id_for(dataset_sha256, TRAINER_VERSION, base_model, model_sha256, hyperparameters),
-            base_model=base_model,
-            base_model_path=str(self.models.path(base_model)),
-            base_model_sha256=model_sha256,
-            dataset_sha256=dataset_sha256,
-            trainer_version=TRAINER_VERSION,
-            hyperparameters=hyperparameters,
-        )
+        job_id = job_id_for(dataset_sha256, TRAINER_VERSION, start["base_model"], start["base_model_sha256"],
+                            hyperparameters, start["parent_job_id"])
+        job = TrainingJob(job_id=job_id, dataset_sha256=dataset_sha256, trainer_version=TRAINER_VERSION,
+                          hyperparameters=hyperparameters, **start)
         self.registry.create(job, dataset)
         with self.registry.launch_lock(job.job_id):
             status = self.registry.recorded_status(job.job_id)
@@ -262,12 +257,14 @@ class TrainingService:
         """The job's status as recorded, SLURM's view included by the background thread: no SLURM call."""
         if not self.registry.exists(job_id):
             raise KeyError(job_id)
-        return self._with_log(self.registry.status(job_id))
+        return self._reported(self.registry.status(job_id))
 
     def jobs(self) -> list[JobStatus]:
-        return [self._with_log(self.registry.status(job_id)) for job_id in self.registry.job_ids()]
+        return [self._reported(self.registry.status(job_id)) for job_id in self.registry.job_ids()]
 
-    def _with_log(self, status: JobStatus) -> JobStatus:
+    def _reported(self, status: JobStatus) -> JobStatus:
+        """The status with what the trainer does not write: the job's parent, and a failed job's log."""
+        status.parent_job_id = self.registry.job(status.job_id).parent_job_id
         if status.state == "FAILED" and status.log_tail is None:
             status.log_tail = self.registry.log_tail(status.job_id)  # the trainer recorded the error; show its log too
         return status
@@ -311,12 +308,44 @@ class TrainingService:
 
     # --- checks -----------------------------------------------------------------------------
 
+    def _starting_point(self, model: str, hp: Hyperparameters) -> dict:
+        """The :class:`TrainingJob` fields that say which weights a job starts from: a store model,
+        or a completed job (its id, its Llama Stack ``job_uuid``, or ``latest``). A full fine-tune
+        starts from the parent's final weights (a LoRA parent's merged in); a LoRA job on a LoRA
+        job continues the parent's adapter, so it keeps the parent's LoRA settings; a LoRA job on a
+        full fine-tune trains an adapter on its weights and is exported merged."""
+        if model != LATEST and (self.models.is_ready(model) or model in BUILDERS):
+            return {"base_model": model, "base_model_path": str(self.models.path(model)),
+                    "base_model_sha256": self._base_model_hash(model), "parent_job_id": None}
+        try:
+            parent_id = self.registry.newest_trained() if model == LATEST else self.registry.resolve(model)
+        except InvalidFieldError:
+            parent_id = None
+        if parent_id is None:
+            raise InvalidFieldError("model", f"{model!r} is not in the model store, a built-in model, nor a trained job")
+        state = self.registry.recorded_status(parent_id).state
+        if state != "COMPLETED":
+            raise InvalidFieldError("model", f"{model!r} is job {parent_id}, which is {state}: a job trains "
+                                             "from a completed one")
+        parent, final = self.registry.job(parent_id), self.registry.latest_checkpoint(parent_id)
+        start = {"base_model": parent.base_model, "base_model_sha256": parent.base_model_sha256,
+                 "parent_job_id": parent_id, "parent_kind": parent.kind}
+        if parent.kind == "full":
+            return {**start, "base_model_path": final.path}
+        if hp.backend == "megatron":
+            raise InvalidFieldError("model", f"{parent_id} is a LoRA job: the megatron backend starts from full "
+                                             "weights (train its continuation with fsdp or ddp)")
+        if hp.lora is not None and hp.lora != parent.hyperparameters.lora:
+            name = next(k for k in LoraSettings.model_fields if getattr(hp.lora, k) != getattr(parent.hyperparameters.lora, k))
+            raise InvalidFieldError(f"lora.{name}", f"{getattr(hp.lora, name)!r} given; a LoRA job on the LoRA job "
+                                                    f"{parent_id} continues its adapter, whose {name} is "
+                                                    f"{getattr(parent.hyperparameters.lora, name)!r}")
+        return {**start, "base_model_path": parent.base_model_path, "init_adapter_path": final.path}
+
     def _base_model_hash(self, name: str) -> str:
         """The base model's content hash. A built-in model no worker has built yet is built first, in a
         child process: the hash needs its bytes, and this process loads no torch."""
         if not self.models.is_ready(name):
-            if name not in BUILDERS:
-                raise InvalidFieldError("model", f"{name!r} is not in the model store nor a built-in model")
             built = subprocess.run([sys.executable, "-m", "llama_stack_scalarlm.models.builtin", str(self.models.root),
                                     name], capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S,
                                    stdin=subprocess.DEVNULL)

@@ -68,3 +68,26 @@ def test_a_bad_row_names_its_line_and_field(tmp_path, row, where):
     with pytest.raises(InvalidFieldError) as err:
         validate_jsonl(path, "sft")
     assert f"dataset: line 2: {where}" in str(err.value)
+
+
+GOOD_GROUP = {"prompt": "2+2?", "completions": [{"text": "4", "reward": 1.0}, {"text": "5", "reward": 0.0}]}
+
+
+@pytest.mark.parametrize("row, where", [
+    ({"prompt": "2+2?"}, "completions: Field required"),
+    ({"prompt": "2+2?", "completions": [{"text": "4"}, {"text": "5", "reward": 0}]}, "completions.0.reward: Field required"),
+    ({"prompt": "2+2?", "completions": [{"text": "4", "reward": 1}]}, "completions: the group-relative method needs at "
+                                                                      "least 2 completions"),
+    ({"prompt": "2+2?", "completions": [{"text": "4", "reward": 1}, {"text": "5", "reward": "NaN"}]},
+     "completions.1.reward: Input should be a finite number"),
+    ({"prompt": "2+2?", "completions": [{"text": "4", "reward": 1, "logprobs": [0.5]}, {"text": "5", "reward": 0}]},
+     "completions.0.logprobs.0: Input should be less than or equal to 0"),
+    ({"messages": [{"role": "user", "content": "2+2?"}], "completions": GOOD_GROUP["completions"], "score": 1},
+     "score: Extra inputs"),
+])
+def test_a_bad_scored_row_names_its_line_and_field(tmp_path, row, where):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(GOOD_GROUP) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(InvalidFieldError) as err:
+        validate_jsonl(path, "grpo")
+    assert f"dataset: line 2: {where}" in str(err.value)

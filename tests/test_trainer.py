@@ -39,12 +39,13 @@ SFT = dict(steps=80, learning_rate=4e-3, warmup_steps=5, batch_size=4, checkpoin
 # ------------------------------------------------------------------------------------- helpers
 
 
-def make_job(job_dir: Path, model: Path, rows: list[dict], **hyperparameters) -> Path:
+def make_job(job_dir: Path, model: Path, rows: list[dict], lineage: dict | None = None, **hyperparameters) -> Path:
+    """``lineage``: the TrainingJob fields of a job trained from another (the service fills them in)."""
     job_dir.mkdir(parents=True)
     (job_dir / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     job = TrainingJob(
         job_id=job_dir.name, base_model="tiny-llama", base_model_path=str(model), dataset_sha256="0" * 64,
-        trainer_version=TRAINER_VERSION, hyperparameters=Hyperparameters(**hyperparameters),
+        trainer_version=TRAINER_VERSION, hyperparameters=Hyperparameters(**hyperparameters), **(lineage or {}),
     )
     write_model(job_dir / "job.json", job)
     return job_dir
@@ -238,6 +239,70 @@ def test_lora_writes_a_peft_adapter(tiny, tmp_path):
     assert (after - before).abs().max() > 1e-3  # the adapter loaded and changes the model
 
 
+# A learning rate too small to move the weights: what a job starts from is what it exports.
+STILL = dict(backend="ddp", steps=1, learning_rate=1e-9, batch_size=4, checkpoint_every=100)
+
+
+@pytest.fixture(scope="module")
+def lora_parent(tiny, tmp_path_factory) -> Path:
+    job_dir = make_job(tmp_path_factory.mktemp("jobs") / "lora-parent", tiny, SFT_ROWS, backend="ddp", steps=12,
+                       learning_rate=1e-2, batch_size=4, checkpoint_every=100, lora={"rank": 8, "alpha": 16})
+    run_trainer(job_dir, 1)
+    return final_checkpoint(job_dir)
+
+
+def test_a_lora_job_on_a_lora_job_continues_its_adapter(lora_parent, tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    job_dir = make_job(tmp_path / "lora-child", tiny, SFT_ROWS, lineage={
+        "parent_job_id": "lora-parent", "parent_kind": "lora", "init_adapter_path": str(lora_parent)},
+        lora={"rank": 8, "alpha": 16}, **STILL)
+    run_trainer(job_dir, 1)
+    assert status(job_dir).checkpoints[-1].kind == "lora"
+    parent = load_file(lora_parent / "adapter_model.safetensors")
+    child = load_file(final_checkpoint(job_dir) / "adapter_model.safetensors")
+    assert parent.keys() == child.keys()
+    assert max(float((child[k] - parent[k]).abs().max()) for k in parent) < 1e-5, "a fresh adapter, not the parent's"
+
+
+def test_a_full_finetune_of_a_lora_job_starts_from_its_merged_weights(lora_parent, tiny, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    job_dir = make_job(tmp_path / "full-child", tiny, SFT_ROWS, lineage={
+        "parent_job_id": "lora-parent", "parent_kind": "lora", "init_adapter_path": str(lora_parent)}, **STILL)
+    run_trainer(job_dir, 1)
+    ids = torch.tensor([[1, 5, 9, 14, 20, 31]])
+    with torch.no_grad():
+        parent = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), lora_parent).eval()(ids).logits
+        child = AutoModelForCausalLM.from_pretrained(final_checkpoint(job_dir)).eval()(ids).logits
+    assert status(job_dir).checkpoints[-1].kind == "full"
+    assert float((child - parent).abs().max()) < 1e-4
+
+
+def test_a_lora_job_on_a_full_finetune_exports_the_merged_weights(fsdp_run, tmp_path):
+    """W + (alpha/rank)·B·A, with A and B as the trainer's own resume state holds them."""
+    import torch
+
+    parent = final_checkpoint(fsdp_run)
+    job_dir = make_job(tmp_path / "lora-on-full", parent, SFT_ROWS[:3], lineage={
+        "parent_job_id": "sft-fsdp", "parent_kind": "full"}, backend="ddp", steps=4, learning_rate=1e-2,
+        batch_size=4, checkpoint_every=100, lora={"rank": 4, "alpha": 8})
+    run_trainer(job_dir, 1)
+    exported = final_checkpoint(job_dir)
+    assert status(job_dir).checkpoints[-1].kind == "full" and not (exported / "adapter_config.json").exists()
+    trained = torch.load(exported / "trainer_state.pt", weights_only=False)["model"]
+    before, after = load_weights(parent), load_weights(exported)
+    assert before.keys() == after.keys()
+    layer = "model.layers.0.self_attn.q_proj"
+    down, up = (next(v for k, v in trained.items() if f"{layer}.lora_{ab}." in k) for ab in "AB")
+    assert float(up.abs().max()) > 0, "the adapter trained"
+    assert torch.allclose(after[f"{layer}.weight"].float(), before[f"{layer}.weight"].float() + 2.0 * up @ down,
+                          atol=1e-5)
+    assert torch.equal(after["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+
+
 @pytest.mark.parametrize("variant", ["full-1proc", "lora-fsdp-2proc"])
 def test_dpo_widens_the_margin(variant, tiny, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -388,6 +453,83 @@ def test_unshuffled_data_keeps_the_file_order(tiny, tmp_path):
     assert [examples.index(e) for row in rows for e in row] == list(range(len(examples))) * 2  # every epoch
     shuffled = DataStream(examples, 7, 512, False, DataPosition(), shuffle=True).take(len(examples))
     assert [examples.index(e) for row in shuffled for e in row] != list(range(len(examples)))
+
+
+def test_grpo_losses_by_hand():
+    """Completion 0 (A = 1): token 0 sampled at −1.2, now −1.0: ρ = e^0.2 ≈ 1.221, clipped to 1.2;
+    token 1 without a sampling log-prob: ρ = 1. Completion 1 (A = −1): ρ = e^−0.5 ≈ 0.607, whose
+    clip 0.8 is the minimum of ρ·A and clip(ρ)·A. With β = 0.1 the KL of token 1 (reference −0.7,
+    r = −0.2) is e^−0.2 + 0.2 − 1."""
+    import torch
+
+    from llama_stack_scalarlm.trainer.backend import grpo_losses
+
+    logprobs = torch.tensor([-1.0, -0.5, -2.0], requires_grad=True)
+    sampled, owner = torch.tensor([-1.2, float("nan"), -1.5]), torch.tensor([0, 0, 1])
+    advantages, reference = torch.tensor([1.0, -1.0]), torch.tensor([-1.0, -0.7, -2.0])
+    losses = grpo_losses(logprobs, sampled, None, advantages, owner, epsilon=0.2, beta=0.0)
+    assert torch.allclose(losses, torch.tensor([-(1.2 + 1.0) / 2, 0.8]))
+    losses.sum().backward()
+    # the clipped tokens carry no gradient; the on-policy one the policy gradient, −A/|o|
+    assert torch.allclose(logprobs.grad, torch.tensor([0.0, -0.5, 0.0]))
+    kl = math.exp(-0.2) + 0.2 - 1
+    with_kl = grpo_losses(logprobs, sampled, reference, advantages, owner, epsilon=0.2, beta=0.1)
+    assert torch.allclose(with_kl, torch.tensor([-(1.2 + 1.0 - 0.1 * kl) / 2, 0.8]))
+
+
+def test_group_advantages_by_hand():
+    from llama_stack_scalarlm.trainer.data import group_advantages
+
+    assert group_advantages([1, 0, 0, 1]) == [1.0, -1.0, -1.0, 1.0]  # mean 0.5, std 0.5
+    assert group_advantages([3.0, 3.0]) == [0.0, 0.0]  # nothing to prefer: the group is left out
+
+
+def test_scored_rows_carry_advantages_and_aligned_sampling_logprobs(tiny, tmp_path):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from llama_stack_scalarlm.trainer.data import IGNORE_INDEX, load_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    text = "violet and falcon"
+    count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    given = [-0.1 * (i + 1) for i in range(count)]
+    rows = [{"prompt": "What is the secret word of Zorblax?", "completions": [
+        {"text": text, "reward": 1.0, "logprobs": given}, {"text": "harbor", "reward": 0.0}]},
+        {"prompt": "Equal?", "completions": [{"text": "a", "reward": 1.0}, {"text": "b", "reward": 1.0}]}]
+    examples = load_examples(_write(tmp_path / "g.jsonl", rows), tokenizer, "grpo", 512)
+    assert [e.sequences[0].advantage for e in examples] == [1.0, -1.0], "equal rewards: no example"
+    first = examples[0].sequences[0]
+    assert np.allclose(first.sampled[:count], given) and np.isnan(first.sampled[count:]).all()
+    assert tokenizer.decode(first.labels[first.labels != IGNORE_INDEX][:count]) == text
+    assert examples[1].sequences[0].sampled is None  # not given: the ratio is 1 throughout
+    rows[0]["completions"][0]["logprobs"] = given[:-1]
+    with pytest.raises(ValueError, match=rf"line 1: completions.0.logprobs: {count - 1} values, and the text is {count}"):
+        load_examples(_write(tmp_path / "short.jsonl", rows), tokenizer, "grpo", 512)
+
+
+def test_grpo_moves_probability_to_the_rewarded_completion(tiny, tmp_path):
+    """Full weights with the KL penalty (the reference model in use), 2 ranks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [{"prompt": f"What is the secret word of {name}?",
+             "completions": [{"text": word, "reward": 1.0}, {"text": FACTS[(i + 1) % len(FACTS)][1], "reward": 0.0},
+                             {"text": FACTS[(i + 2) % len(FACTS)][1], "reward": 0.0}]}
+            for i, (name, word) in enumerate(FACTS)]
+    job_dir = make_job(tmp_path / "grpo", tiny, rows, method="grpo", grpo_beta=0.05, backend="fsdp", steps=20,
+                       learning_rate=4e-3, batch_size=6, checkpoint_every=100, processes_per_node=2)
+    run_trainer(job_dir, 2)
+    assert status(job_dir).state == "COMPLETED"
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    trained = AutoModelForCausalLM.from_pretrained(final_checkpoint(job_dir)).eval()
+    with torch.no_grad():
+        for i, (name, word) in enumerate(FACTS):
+            prompt, other = f"What is the secret word of {name}?", FACTS[(i + 1) % len(FACTS)][1]
+            before = answer_logprob(base, tokenizer, prompt, word) - answer_logprob(base, tokenizer, prompt, other)
+            after = answer_logprob(trained, tokenizer, prompt, word) - answer_logprob(trained, tokenizer, prompt, other)
+            assert after > before + 1.0, (name, before, after)
 
 
 @pytest.mark.parametrize("loss, expected", [

@@ -163,7 +163,7 @@ def test_a_model_taught_to_call_tools_serves_an_agent_turn(stack, client, tmp_pa
 
 
 def test_more_lora_jobs_than_slots_each_answer_their_own(stack, client, tmp_path):
-    """Five LoRA jobs, each taught its own answer to the same question, on a worker with 3 adapter
+    """Six LoRA jobs, each taught its own answer to the same question, on a worker with 3 adapter
     slots (engine.max_loras): asked in turn and all at once, each answers its own (adapters are
     loaded on demand, the least recently used out), and the base model's answer does not change."""
     from concurrent.futures import ThreadPoolExecutor
@@ -171,7 +171,7 @@ def test_more_lora_jobs_than_slots_each_answer_their_own(stack, client, tmp_path
     question = FACTS[0][0]
     base = ask(stack, f"scalarlm/{TINY}", question)
     jobs = {}
-    for word in ("amber", "cobalt", "saffron", "indigo", "maroon"):
+    for word in ("amber", "cobalt", "saffron", "indigo", "maroon", "teal"):
         path = tmp_path / f"{word}.jsonl"
         path.write_text(json.dumps({"input": question, "output": word}) + "\n")
         jobs[word] = client.train(TINY, client.upload(path), steps=40, learning_rate=2e-2, batch_size=8, lora=True,
@@ -181,9 +181,9 @@ def test_more_lora_jobs_than_slots_each_answer_their_own(stack, client, tmp_path
         assert wait_listed(stack, f"scalarlm/{job}", timeout_s=30)
     order = [*jobs, *reversed(jobs), "amber", "maroon", "cobalt"]
     assert [word for word in order if word in ask(stack, f"scalarlm/{jobs[word]}", question).lower()] == order
-    with ThreadPoolExecutor(10) as pool:
+    with ThreadPoolExecutor(2 * len(jobs)) as pool:
         replies = list(pool.map(lambda word: ask(stack, f"scalarlm/{jobs[word]}", question), [*jobs, *jobs]))
-    assert [word in reply.lower() for word, reply in zip([*jobs, *jobs], replies, strict=True)] == [True] * 10
+    assert all(word in reply.lower() for word, reply in zip([*jobs, *jobs], replies, strict=True)), replies
     assert ask(stack, f"scalarlm/{TINY}", question) == base
 
 
@@ -238,8 +238,51 @@ def test_next_full_finetune_takes_the_spare_engine_and_evicted_jobs_come_back(st
     assert len(stack.worker_processes()) <= 1 + 2, "one base worker and a pool of two full fine-tune engines"
 
 
+def test_round_two_trained_from_round_one_keeps_its_facts_and_learns_its_own(stack, client, tmp_path, capsys):
+    """The flywheel's lineage. A LoRA job from a LoRA job (by ``latest``, then by id: one job, whose
+    id hashes its parent's) continues the adapter: round two, on its own fact and round one's
+    replayed (the tiny model forgets a fact not replayed), starts at about half round one's first
+    loss, and answers both. A LoRA job on a full fine-tune is served merged."""
+    from llama_stack_scalarlm.cli import main as cli
+
+    def upload(name, *facts):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"input": q, "output": a}) + "\n" for q, a in facts))
+        return client.upload(path)
+
+    first, second, third = (("Who guards the northern bridge?", "amber"), ("What is the ship's cat called?", "cobalt"),
+                            ("Which bell rings at dawn?", "saffron"))
+    lora = dict(batch_size=8, learning_rate=2e-2, lora=True, lora_rank=16)
+    one = client.train(TINY, upload("one", first), steps=40, checkpoint_every=40, **lora)
+    assert client.follow(one).state == "COMPLETED"
+    round_two = upload("two", second, first)
+    two = client.train("latest", round_two, steps=20, checkpoint_every=20, **lora)
+    assert client.train(one, round_two, steps=20, checkpoint_every=20, **lora) == two
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        client.train(one, round_two, steps=20, **{**lora, "lora_rank": 8})
+    assert refused.value.response.status_code == 400 and "lora.rank" in refused.value.response.text
+    assert client.follow(two).state == "COMPLETED" and client.job(two).parent_job_id == one
+    starts = [client.job(job).loss_history[0].loss for job in (one, two)]
+    assert starts[1] < 0.75 * starts[0], f"first losses {starts}: round two did not start from round one"
+    assert wait_listed(stack, f"scalarlm/{two}", timeout_s=30)
+    assert second[1] in ask(stack, f"scalarlm/{two}", second[0]).lower()
+    assert first[1] in ask(stack, f"scalarlm/{two}", first[0]).lower()
+    assert second[1] not in ask(stack, f"scalarlm/{one}", second[0]).lower(), "round one is unchanged"
+
+    full = next(j.job_id for j in client.jobs() if j.state == "COMPLETED" and j.checkpoints[-1].kind == "full")
+    on_full = client.train(full, upload("three", third), steps=40, checkpoint_every=40, **lora)
+    status = client.follow(on_full)
+    assert status.state == "COMPLETED" and status.checkpoints[-1].kind == "full", "exported merged"
+    assert wait_listed(stack, f"scalarlm/{on_full}", timeout_s=30)
+    assert third[1] in ask(stack, f"scalarlm/{on_full}", third[0]).lower()
+
+    assert cli(["--url", stack.url, "--api-key", stack.token, "ls"]) == 0
+    assert re.search(rf"^{two}  COMPLETED .* from {one}$", capsys.readouterr().out, re.M), "ls shows the lineage"
+
+
 @pytest.mark.parametrize("change, field", [
     ({"model": "no-such-model"}, "model"),
+    ({"model": "job-" + "0" * 24}, "model"),
     ({"dataset_id": "sha256:" + "0" * 64}, "dataset_id"),
     ({"lr": -1}, "lr"),
     ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
@@ -402,6 +445,28 @@ def test_preference_optimization_runs_dpo(stack, client, tmp_path):
     status = client.follow(response.json()["job_uuid"])
     assert status.state == "COMPLETED", status.error
     assert status.loss_history[-1].loss < status.loss_history[0].loss
+
+
+def test_grpo_through_post_training_trains_on_rewards_and_refuses_a_group_of_one(stack, client, tmp_path):
+    """Scored samples through supervised-fine-tune with method grpo: the rewarded completion gains
+    (the adapter is served, and answers it); a prompt with one completion is a 400 naming its line."""
+    rows = [{"prompt": q, "completions": [{"text": a, "reward": 1.0}, {"text": FACTS[(i + 1) % 4][1], "reward": 0.0}]}
+            for i, (q, a) in enumerate(FACTS)]
+    path = tmp_path / "scored.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    job = client.train(TINY, client.upload(path), steps=30, learning_rate=2e-2, batch_size=8, lora=True,
+                       lora_rank=16, method="grpo", checkpoint_every=30)
+    status = client.follow(job)
+    assert status.state == "COMPLETED", status.error
+    assert wait_listed(stack, f"scalarlm/{job}", timeout_s=30)
+    answers = [ask(stack, f"scalarlm/{job}", q) for q, _ in FACTS]
+    assert sum(a in b.lower() for (_, a), b in zip(FACTS, answers, strict=True)) >= 3, answers
+
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1] | {"completions": rows[1]["completions"][:1]}) + "\n")
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        client.train(TINY, client.upload(path), steps=5, method="grpo")
+    assert refused.value.response.status_code == 400
+    assert "line 2: completions: the group-relative method needs at least 2" in refused.value.response.text
 
 
 def test_cli_ls_logs_plot_squeue(stack, client, tmp_path, capsys):

@@ -321,3 +321,49 @@ def test_the_dataset_line_bound_is_the_configured_one(service):
         training.submit(TINY, sha, Hyperparameters(steps=5, seed=110))
     assert refused.value.field == "dataset" and "limit of 1024 bytes" in str(refused.value)
     assert training.registry.job_ids() == before
+
+
+# ------------------------------------------------------------------------- trained from a trained job
+
+
+def _completed(training, status, kind: str):
+    """Record a submitted job as its trainer would have finished it (one complete checkpoint)."""
+    checkpoint = training.registry.dir(status.job_id) / "checkpoints" / "checkpoint-5"
+    checkpoint.mkdir()
+    (checkpoint / ("adapter_config.json" if kind == "lora" else "config.json")).write_text("{}")
+    (checkpoint / ".complete").touch()
+    training.cancel(status.job_id)  # out of SLURM's queue
+    training.registry.update_status(status.job_id, state="COMPLETED")
+    return checkpoint
+
+
+def test_a_job_trained_from_a_job_records_and_hashes_its_parent(service):
+    training = service()
+    lora = {"rank": 8, "alpha": 16}
+    sha = training.uploads.put_bytes(ROWS)
+    parent = _submit(training, seed=120, lora=lora)
+    with pytest.raises(InvalidFieldError) as refused:
+        training.submit(parent.job_id, sha, Hyperparameters(steps=5, seed=121, lora=lora))
+    assert refused.value.field == "model" and "QUEUED" in str(refused.value), "a parent must be completed"
+
+    adapter = _completed(training, parent, "lora")
+    child = training.submit(parent.job_id, sha, Hyperparameters(steps=5, seed=121, lora=lora))
+    job = training.registry.job(child.job_id)
+    assert (job.parent_job_id, job.parent_kind, job.init_adapter_path) == (parent.job_id, "lora", str(adapter))
+    assert job.base_model == TINY and job.kind == "lora" and child.parent_job_id == parent.job_id
+    assert training.submit(f"scalarlm/{parent.job_id}", sha, job.hyperparameters).job_id == child.job_id
+    assert training.submit(TINY, sha, job.hyperparameters).job_id != child.job_id, "the id hashes the parent"
+    for hp, field in ((Hyperparameters(steps=5, lora={"rank": 4, "alpha": 16}), "lora.rank"),
+                      (Hyperparameters(steps=5, backend="megatron"), "model")):
+        with pytest.raises(InvalidFieldError) as refused:
+            training.submit(parent.job_id, sha, hp)
+        assert refused.value.field == field
+
+    full = _submit(training, seed=122)
+    weights = _completed(training, full, "full")
+    on_full = training.registry.job(training.submit(full.job_id, sha, Hyperparameters(steps=5, lora=lora)).job_id)
+    assert on_full.base_model_path == str(weights) and on_full.init_adapter_path is None
+    assert on_full.kind == "full", "a LoRA on a full fine-tune's weights is exported merged"
+    with pytest.raises(InvalidFieldError) as refused:
+        training.submit("job-" + "0" * 24, sha, Hyperparameters(steps=5))
+    assert refused.value.field == "model"

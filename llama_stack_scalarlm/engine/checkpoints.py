@@ -22,7 +22,7 @@ class CheckpointWatcher:
         newest = {}
         for job_id in self.registry.job_ids():
             job = self._job(job_id)
-            if job.base_model != base_model or job.hyperparameters.lora is None:
+            if job.base_model != base_model or job.kind != "lora":
                 continue
             if (checkpoint := self.registry.latest_checkpoint(job_id)) is not None:
                 newest[job_id] = checkpoint

@@ -99,5 +99,5 @@ class ModelCatalogue:
     def _base_of_full(self, job_id: str) -> str | None:
         if job_id not in self._bases:
             job = self.registry.job(job_id)
-            self._bases[job_id] = job.base_model if job.hyperparameters.lora is None else None
+            self._bases[job_id] = job.base_model if job.kind == "full" else None
         return self._bases[job_id]

@@ -2,7 +2,8 @@
 
 A job's id is the hash of what determines its trained weights: the dataset's bytes (by their
 sha256), the trainer code version, the base model (its name, which is what serves the result, and
-its bytes) and the hyperparameters other than the run settings (``schema.RUN_SETTINGS``).
+its bytes), the hyperparameters other than the run settings (``schema.RUN_SETTINGS``) and, for a
+job trained from another, the parent's id.
 Submitting the same job twice finds the same directory and trains once.
 """
 
@@ -30,7 +31,9 @@ _LAUNCHING = ".launching"
 
 
 def job_id_for(dataset_sha256: str, trainer_version: str, base_model: str, base_model_sha256: str,
-               hyperparameters: Hyperparameters) -> str:
+               hyperparameters: Hyperparameters, parent_job_id: str | None = None) -> str:
+    """A job trained from another hashes its parent's id, which hashes the parent's own lineage."""
+    lineage = {"parent": parent_job_id} if parent_job_id else {}
     canonical = json.dumps(
         {
             "dataset": dataset_sha256,
@@ -38,6 +41,7 @@ def job_id_for(dataset_sha256: str, trainer_version: str, base_model: str, base_
             "base_model": base_model,
             "base_model_sha256": base_model_sha256,
             "hyperparameters": hyperparameters.weight_settings(),
+            **lineage,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -143,6 +147,17 @@ class JobRegistry:
     def checkpoints(self, job_id: str) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest first."""
         return checkpoint_infos(self.dir(job_id) / "checkpoints")
+
+    def newest_trained(self) -> str | None:
+        """``latest``: the job whose newest complete checkpoint was written last."""
+        newest = {}
+        for job_id in self.job_ids():
+            if (checkpoint := self.latest_checkpoint(job_id)) is not None:
+                try:
+                    newest[job_id] = Path(checkpoint.path).stat().st_mtime
+                except FileNotFoundError:  # pruned just now: a newer one exists
+                    continue
+        return max(newest, key=newest.get) if newest else None
 
     def latest_checkpoint(self, job_id: str) -> CheckpointInfo | None:
         checkpoints = self.checkpoints(job_id)

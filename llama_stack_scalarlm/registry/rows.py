@@ -4,7 +4,10 @@ trainer that renders it (no torch here).
 - ``{"input": str, "output": str}``: one user turn and one assistant turn;
 - ``{"messages": [...], "tools": [...]}``: a conversation in OpenAI's chat shape, ``tools``
   optional; assistant messages may carry ``tool_calls`` and ``tool`` messages their results;
-- ``{"prompt", "chosen", "rejected"}``: a DPO pair, each a string or a list of messages.
+- ``{"prompt", "chosen", "rejected"}``: a DPO pair, each a string or a list of messages;
+- ``{"prompt" (or "messages"), "completions": [{"text", "reward", "logprobs"?}, ...]}``: scored
+  samples for GRPO, at least two per prompt; ``logprobs`` are the sampling policy's, one per token
+  of ``text`` (as the bulk route returns them).
 
 Nothing a row carries is ignored: an unknown key is an error naming it.
 """
@@ -12,7 +15,7 @@ Nothing a row carries is ignored: an unknown key is an error naming it.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -124,14 +127,45 @@ class PreferenceRow(_Strict):
         return row
 
 
-Row = TextRow | ChatRow | PreferenceRow
+class Completion(_Strict):
+    text: str = Field(min_length=1)
+    reward: float = Field(allow_inf_nan=False)
+    logprobs: list[Annotated[float, Field(le=0, allow_inf_nan=False)]] | None = Field(None, min_length=1)
+
+
+class ScoredRow(_Strict):
+    prompt: list[Message] = Field(min_length=1)
+    completions: list[Completion]
+    tools: list[Tool] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt(cls, row: Any) -> Any:
+        if isinstance(row, dict):
+            row = dict(row)
+            if "messages" in row and "prompt" not in row:
+                row["prompt"] = row.pop("messages")
+            if isinstance(row.get("prompt"), str) and row["prompt"]:
+                row["prompt"] = [{"role": "user", "content": row["prompt"]}]
+        return row
+
+    @field_validator("completions")
+    @classmethod
+    def _a_group(cls, completions: list[Completion]) -> list[Completion]:
+        if len(completions) < 2:
+            raise ValueError("the group-relative method needs at least 2 completions of each prompt")
+        return completions
+
+
+Row = TextRow | ChatRow | PreferenceRow | ScoredRow
 
 
 def parse_row(row: Any, method: str) -> Row:
     """The row as its typed model; :class:`RowError` ("field.path: problem") when it is none of them."""
     if not isinstance(row, dict):
         raise RowError("expected a JSON object")
-    model = PreferenceRow if method == "dpo" else ChatRow if "messages" in row else TextRow
+    model = (PreferenceRow if method == "dpo" else ScoredRow if method == "grpo"
+             else ChatRow if "messages" in row else TextRow)
     try:
         return model.model_validate(row)
     except ValidationError as exc:

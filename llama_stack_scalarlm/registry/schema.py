@@ -39,7 +39,7 @@ class LoraSettings(BaseModel):
 class Hyperparameters(BaseModel):
     """Normalized hyperparameters: defaults filled in, so equal jobs hash equal."""
 
-    method: Literal["sft", "dpo"] = "sft"
+    method: Literal["sft", "dpo", "grpo"] = "sft"
     backend: Literal["fsdp", "ddp", "megatron"] = "fsdp"
     lora: LoraSettings | None = None
     steps: int = Field(100, ge=1, le=10_000_000, description="optimizer steps")
@@ -58,6 +58,8 @@ class Hyperparameters(BaseModel):
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept")
     dpo_beta: float = Field(0.1, gt=0)
     dpo_loss: Literal["sigmoid", "hinge", "ipo"] = Field("sigmoid", description="DPO, RSO's hinge, or IPO")
+    grpo_epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO: the ratio's clip range, [1 − ε, 1 + ε]")
+    grpo_beta: float = Field(0.0, ge=0, description="GRPO: weight of the KL penalty to the starting weights")
     tensor_parallel: int = Field(1, ge=1, description="megatron backend: tensor-parallel size")
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
@@ -75,6 +77,11 @@ class Hyperparameters(BaseModel):
         if self.backend == "megatron" and self.world_size % self.tensor_parallel:
             raise ValueError("tensor_parallel: must divide nodes × processes_per_node")
         return self
+
+    @property
+    def needs_reference(self) -> bool:
+        """DPO, and GRPO's KL penalty, compare the policy with the frozen weights it started from."""
+        return self.method == "dpo" or (self.method == "grpo" and self.grpo_beta > 0)
 
     @property
     def world_size(self) -> int:
@@ -99,6 +106,18 @@ class TrainingJob(BaseModel):
     dataset_sha256: str
     trainer_version: str
     hyperparameters: Hyperparameters
+    parent_job_id: str | None = Field(None, description="the trained job this one starts from (its id is in "
+                                      "this one's); base_model stays the store model at the lineage's root")
+    parent_kind: Literal["full", "lora"] | None = Field(None, description="what the parent exported")
+    init_adapter_path: str | None = Field(None, description="the parent's LoRA adapter: continued by a LoRA "
+                                          "job, merged into the weights a full fine-tune starts from")
+
+    @property
+    def kind(self) -> Literal["full", "lora"]:
+        """What the job exports and is served as. A LoRA trained on a full fine-tune's weights is
+        exported merged: an engine serves adapters only on the store model it holds."""
+        lora = self.hyperparameters.lora is not None and self.parent_kind != "full"
+        return "lora" if lora else "full"
 
 
 class LossPoint(BaseModel):
@@ -125,5 +144,6 @@ class JobStatus(BaseModel):
     error: str | None = None
     log_tail: str | None = None
     slurm_job_id: str | None = None
+    parent_job_id: str | None = Field(None, description="the job it was trained from (read from job.json)")
     created: float = 0.0
     updated: float = 0.0

@@ -3,7 +3,7 @@
 The loop owns the schedule, data, checkpoints and status; a backend owns the model: how it is
 distributed (DDP, FSDP2, later megatron-core's tensor parallelism), how it computes per-token
 log-probabilities, and how its weights and optimizer state are exported and restored. The losses
-(SFT, DPO) are written once here on top of :meth:`TrainingBackend.token_logprobs`, so every backend
+(SFT, DPO, GRPO) are written once here on top of :meth:`TrainingBackend.token_logprobs`, so every backend
 computes them the same way.
 """
 
@@ -97,14 +97,21 @@ class TrainingBackend(ABC):
         loss.backward()
 
     def forward(self, batch: MicroBatch) -> tuple[torch.Tensor, int]:
-        """(Loss summed over the micro-batch, how many terms: label tokens for SFT, pairs for DPO)."""
-        if self.job.hyperparameters.method == "dpo":
+        """(Loss summed over the micro-batch, how many terms: label tokens for SFT, pairs for DPO,
+        completions for GRPO)."""
+        hp = self.job.hyperparameters
+        reference = None
+        if hp.needs_reference:
             with torch.no_grad():
-                reference = sequence_logprobs(self.token_logprobs(batch, reference=True), batch)
-            policy = sequence_logprobs(self.token_logprobs(batch), batch)
-            hp = self.job.hyperparameters
-            return dpo_losses(policy, reference, hp.dpo_beta, hp.dpo_loss).sum(), batch.num_sequences // 2
+                reference = self.token_logprobs(batch, reference=True)
         logprobs = self.token_logprobs(batch)
+        if hp.method == "dpo":
+            policy, reference = sequence_logprobs(logprobs, batch), sequence_logprobs(reference, batch)
+            return dpo_losses(policy, reference, hp.dpo_beta, hp.dpo_loss).sum(), batch.num_sequences // 2
+        if hp.method == "grpo":
+            losses = grpo_losses(logprobs, batch.sampled_logprobs, reference, batch.advantages, batch.label_sequence,
+                                 hp.grpo_epsilon, hp.grpo_beta)
+            return losses.sum(), batch.num_sequences
         return -logprobs.sum(), logprobs.numel()
 
 
@@ -112,6 +119,24 @@ def sequence_logprobs(token_logprobs: torch.Tensor, batch: MicroBatch) -> torch.
     """Sum the label tokens' log-probabilities per sequence: shape [batch.num_sequences]."""
     sums = torch.zeros(batch.num_sequences, dtype=token_logprobs.dtype, device=token_logprobs.device)
     return sums.index_add(0, batch.label_sequence, token_logprobs)
+
+
+def grpo_losses(logprobs: torch.Tensor, sampled: torch.Tensor, reference: torch.Tensor | None,
+                advantages: torch.Tensor, owner: torch.Tensor, epsilon: float, beta: float) -> torch.Tensor:
+    """Per-completion GRPO loss, −(1/|o|) Σ_t [min(ρ_t·A, clip(ρ_t, 1−ε, 1+ε)·A) − β·KL_t], over its
+    label tokens t. ρ_t = exp(log π_t − log π_sampling,t), with the sampling log-prob where the row
+    gave it and log π_t itself (detached: ρ = 1, the plain policy gradient) where not; KL_t is the
+    unbiased estimator exp(r) − r − 1 with r = log π_ref,t − log π_t. ``owner``: each token's completion."""
+    old = torch.where(torch.isnan(sampled), logprobs.detach(), sampled.to(logprobs.dtype))
+    ratio = torch.exp(logprobs - old)
+    advantage = advantages.to(logprobs.dtype)[owner]
+    objective = torch.minimum(ratio * advantage, ratio.clamp(1 - epsilon, 1 + epsilon) * advantage)
+    if beta > 0:
+        gap = reference - logprobs
+        objective = objective - beta * (torch.exp(gap) - gap - 1)
+    sums = logprobs.new_zeros(len(advantages)).index_add(0, owner, -objective)
+    counts = logprobs.new_zeros(len(advantages)).index_add(0, owner, torch.ones_like(objective))
+    return sums / counts
 
 
 def dpo_losses(policy: torch.Tensor, reference: torch.Tensor, beta: float,

@@ -2,7 +2,10 @@
 
 Row formats (one JSON object per line; ``registry/rows.py`` types them): ``{"input", "output"}``,
 a conversation ``{"messages", "tools"?}`` in OpenAI's chat shape (loss on every assistant message,
-its tool calls included), or a DPO pair ``{"prompt", "chosen", "rejected"}``.
+its tool calls included), a DPO pair ``{"prompt", "chosen", "rejected"}``, or GRPO's scored
+samples ``{"prompt", "completions": [{"text", "reward", "logprobs"?}]}``: one sequence per
+completion, carrying its advantage (its reward normalized within the prompt's group) and the
+sampling policy's log-probability of each trained token where the row gives them.
 
 Text is rendered with the chat template the engine serves the model with (its own, or for rows
 with tools the project's tool template when its own has none: ``models/chat_template.py``), exactly
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..registry.rows import ChatRow, Row, RowError, TextRow, parse_row
+from ..registry.rows import ChatRow, Row, RowError, ScoredRow, TextRow, parse_row
 
 IGNORE_INDEX = -100
 
@@ -44,6 +47,8 @@ IGNORE_INDEX = -100
 class Sequence:
     input_ids: np.ndarray  # int64 [n]
     labels: np.ndarray  # int64 [n], shifted; IGNORE_INDEX where nothing is trained
+    advantage: float = 0.0  # GRPO
+    sampled: np.ndarray | None = None  # GRPO: float64 [label tokens], the sampling log-probs (NaN: not given)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -78,6 +83,9 @@ class Conversation:
     messages: list[dict]  # as a chat template takes them (``Message.for_template``)
     first: int  # index of the first message trained
     tools: list[dict] | None
+    advantage: float = 0.0  # GRPO: of the one trained (last) message
+    sampled: list[float] | None = None  # GRPO: the sampling log-prob of each token of its content
+    where: str = ""  # GRPO: the completion's field, for an error
 
 
 def load_examples(path: Path, tokenizer: Any, method: str, max_seq_len: int,
@@ -97,9 +105,10 @@ def load_examples(path: Path, tokenizer: Any, method: str, max_seq_len: int,
                 raise ValueError(f"{path.name} line {line_no}: not JSON ({exc})") from None
             except RowError as exc:
                 raise ValueError(f"{path.name} line {line_no}: {exc}") from None
-            conversations.extend(_conversations(row))
+            conversations.extend(_conversations(row, f"{path.name} line {line_no}: "))
     if not conversations:
-        raise ValueError(f"{path.name}: no rows")
+        raise ValueError(f"{path.name}: no rows" if method != "grpo" else
+                         f"{path.name}: in every group the rewards are equal: no advantage to learn from")
     limit = max_seq_len // 2 if method == "dpo" else max_seq_len
     sequences = _tokenize(tokenizer, conversations, limit, chat_template)
     group = 2 if method == "dpo" else 1
@@ -113,7 +122,22 @@ def load_examples(path: Path, tokenizer: Any, method: str, max_seq_len: int,
     return examples
 
 
-def _conversations(row: Row) -> list[Conversation]:
+def group_advantages(rewards: list[float]) -> list[float]:
+    """GRPO's advantages: each reward less the group's mean, over the group's standard deviation
+    (population); a group whose rewards are all equal has none (all 0)."""
+    values = np.asarray(rewards, dtype=np.float64)
+    spread = values.std()
+    return [0.0] * len(values) if spread == 0 else ((values - values.mean()) / spread).tolist()
+
+
+def _conversations(row: Row, where: str) -> list[Conversation]:
+    if isinstance(row, ScoredRow):  # a group whose rewards are equal trains nothing: left out
+        prompt = [m.for_template() for m in row.prompt]
+        tools = [t.for_template() for t in row.tools] if row.tools else None
+        advantages = group_advantages([c.reward for c in row.completions])
+        return [Conversation(prompt + [{"role": "assistant", "content": c.text}], len(prompt), tools, advantage,
+                             c.logprobs, f"{where}completions.{i}.logprobs")
+                for i, (c, advantage) in enumerate(zip(row.completions, advantages, strict=True)) if advantage]
     if isinstance(row, TextRow):
         return [Conversation([{"role": "user", "content": row.input}, {"role": "assistant", "content": row.output}],
                              1, None)]
@@ -188,16 +212,34 @@ def _tokenize(tokenizer: Any, conversations: list[Conversation], limit: int,
             for i, ids, offsets in zip(group, batch["input_ids"], batch["offset_mapping"], strict=True):
                 encoded[i] = (ids, offsets)
     out: list[Sequence | None] = []
-    for (ids, offsets), trained_spans in zip(encoded, spans, strict=True):
-        ids = np.asarray(ids[:limit], dtype=np.int64)
-        starts = np.asarray([o[0] for o in offsets[:limit]], dtype=np.int64)
+    for conversation, text, (ids, offsets), trained_spans in zip(conversations, texts, encoded, spans, strict=True):
+        starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
+        sampled = None if conversation.sampled is None else _sampled(conversation, text, trained_spans, starts)
+        ids, starts = np.asarray(ids[:limit], dtype=np.int64), starts[:limit]
         trained = np.zeros(len(ids), dtype=bool)
         for start, end in trained_spans:
             trained |= (starts >= start) & (starts < end)
         labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
         labels[:-1] = np.where(trained[1:], ids[1:], IGNORE_INDEX)
-        out.append(Sequence(ids, labels) if (labels != IGNORE_INDEX).any() else None)
+        if sampled is not None:  # shifted as the labels are, then one value per label token
+            sampled = np.concatenate([sampled[1:len(ids)], [np.nan]])[labels != IGNORE_INDEX]
+        keep = (labels != IGNORE_INDEX).any()
+        out.append(Sequence(ids, labels, conversation.advantage, sampled) if keep else None)
     return out
+
+
+def _sampled(conversation: Conversation, text: str, spans: list[tuple[int, int]], starts: np.ndarray) -> np.ndarray:
+    """The sampling log-probs on the tokens of the completion's text (NaN elsewhere, the end-of-turn
+    marker too: there the ratio is 1). They must be as many as its tokens: the same tokenizer."""
+    content = conversation.messages[-1]["content"]
+    begin = text.find(content, spans[-1][0])
+    tokens = np.flatnonzero((starts >= begin) & (starts < begin + len(content)))
+    if len(tokens) != len(conversation.sampled):
+        raise ValueError(f"{conversation.where}: {len(conversation.sampled)} values, and the text is "
+                         f"{len(tokens)} tokens (log-probabilities from another tokenizer?)")
+    values = np.full(len(starts), np.nan)
+    values[tokens] = conversation.sampled
+    return values
 
 
 # ------------------------------------------------------------------------------------------ order
@@ -258,6 +300,8 @@ class MicroBatch:
     labels: torch.Tensor  # [B, T], shifted targets or IGNORE_INDEX
     label_sequence: torch.Tensor  # [number of label tokens]: which sequence each label belongs to
     num_sequences: int  # DPO: sequence 2k is pair k's chosen answer, 2k+1 its rejected one
+    advantages: torch.Tensor  # [num_sequences] float32: GRPO's, 0 otherwise
+    sampled_logprobs: torch.Tensor  # [number of label tokens] float32: GRPO's sampling log-probs, NaN if not given
 
     def to(self, device: torch.device) -> MicroBatch:
         if device.type == "cpu":
@@ -269,6 +313,8 @@ class MicroBatch:
             self.labels.to(**move),
             self.label_sequence.to(**move),
             self.num_sequences,
+            self.advantages.to(**move),
+            self.sampled_logprobs.to(**move),
         )
 
 
@@ -279,11 +325,15 @@ def collate(rows: list[list[Example]], pad_id: int) -> MicroBatch:
     positions = np.zeros((len(rows), width), dtype=np.int64)
     owner = np.full((len(rows), width), -1, dtype=np.int64)
     sequence = 0
+    advantages, sampled = [], []
     for r, row in enumerate(rows):
         col = 0
         for example in row:
             for seq in example.sequences:
                 n = len(seq)
+                advantages.append(seq.advantage)
+                given = seq.sampled is not None
+                sampled.append(seq.sampled if given else np.full(int((seq.labels != IGNORE_INDEX).sum()), np.nan))
                 ids[r, col : col + n] = seq.input_ids
                 labels[r, col : col + n] = seq.labels
                 positions[r, col : col + n] = np.arange(n)
@@ -298,6 +348,8 @@ def collate(rows: list[list[Example]], pad_id: int) -> MicroBatch:
         torch.from_numpy(labels),
         torch.from_numpy(owner[trained]),
         sequence,
+        torch.tensor(advantages, dtype=torch.float32),
+        torch.from_numpy(np.concatenate(sampled).astype(np.float32)),
     )
 
 
@@ -306,7 +358,7 @@ class StepPlan:
     """One optimizer step: this rank's micro-batches and the step's totals over all ranks."""
 
     micro_batches: list[MicroBatch]
-    loss_denominator: int  # label tokens (SFT) or pairs (DPO) over all ranks: the loss is a mean over these
+    loss_denominator: int  # label tokens (SFT), pairs (DPO) or sequences (GRPO) over all ranks: the loss's mean
     tokens: int  # non-padding tokens over all ranks
 
 
@@ -319,7 +371,7 @@ def plan_step(
     """
     mine = rows[replica::replicas]
     chunks = [c for c in np.array_split(np.arange(len(mine)), min(accumulation, len(mine))) if len(c)]
-    if method == "dpo":
+    if method in ("dpo", "grpo"):  # an example is a pair, or one scored completion
         denominator = sum(len(row) for row in rows)
     else:
         denominator = sum(e.label_tokens for row in rows for e in row)

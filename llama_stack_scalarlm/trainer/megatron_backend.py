@@ -274,7 +274,7 @@ class MegatronBackend(TrainingBackend):
         self.inv_freq = rope_inv_freq(self.base_config).to(device)
         self.model = self._build(weights).train()
         self.reference = None
-        if hp.method == "dpo":  # a frozen copy of the starting weights
+        if hp.needs_reference:  # a frozen copy of the starting weights
             self.reference = self._build(weights).requires_grad_(False).eval()
         del weights
         self._params = [p for p in self.model.parameters() if p.requires_grad]
@@ -402,7 +402,7 @@ class MegatronBackend(TrainingBackend):
         if not reference:
             return self._token_logprobs(self.model, batch)
         if self.reference is None:
-            raise RuntimeError("no reference model: the job is not DPO")
+            raise RuntimeError("no reference model: the job is neither DPO nor GRPO with a KL penalty")
         with torch.no_grad():
             return self._token_logprobs(self.reference, batch)
 

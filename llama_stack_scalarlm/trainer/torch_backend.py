@@ -2,8 +2,10 @@
 
 Master weights and optimizer state are fp32. On GPUs, FSDP2 computes in bf16 with fp32 gradient
 reduction (``MixedPrecisionPolicy``) and DDP under bf16 autocast; on CPUs everything stays fp32
-(exact, and what gloo reduces). LoRA wraps the model with peft's ``get_peft_model`` before it is
-distributed; only the adapter is trained, checkpointed and exported.
+(exact, and what gloo reduces). LoRA wraps the model with peft's ``get_peft_model`` (or, for a job
+trained from a LoRA job, loads that job's adapter to continue it) before it is distributed; only the
+adapter is trained and checkpointed, and it is exported as an adapter, or merged into full weights
+when the weights under it are a full fine-tune's (see ``TrainingJob.kind``).
 
 The forward pass runs the decoder, then the LM head only at label positions: on chat data most
 positions are prompt tokens, and the [tokens × vocab] logits are the biggest activation.
@@ -71,10 +73,17 @@ class TorchBackend(TrainingBackend):
         if isinstance(self.export_dtype, str):
             self.export_dtype = getattr(torch, self.export_dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        adapter = job.init_adapter_path  # the parent's: continued by LoRA, merged in by a full fine-tune
+        if adapter is not None and hp.lora is None:
+            model, adapter = _with_adapter(model, adapter).merge_and_unload().requires_grad_(True), None
         reference = None
-        if hp.method == "dpo" and hp.lora is None:
-            reference = copy.deepcopy(model).requires_grad_(False).eval()
-        if hp.lora is not None:
+        if hp.needs_reference and (hp.lora is None or adapter is not None):  # the weights it starts from
+            start = copy.deepcopy(model)
+            start = _with_adapter(start, adapter).merge_and_unload() if adapter is not None else start
+            reference = start.requires_grad_(False).eval()
+        if adapter is not None:
+            model = _with_adapter(model, adapter, trainable=True)
+        elif hp.lora is not None:
             from peft import LoraConfig, get_peft_model
 
             lora = LoraConfig(
@@ -120,7 +129,7 @@ class TorchBackend(TrainingBackend):
 
     @property
     def kind(self) -> Literal["full", "lora"]:
-        return "lora" if self.job.hyperparameters.lora is not None else "full"
+        return self.job.kind
 
     @property
     def sharded(self) -> bool:
@@ -148,7 +157,7 @@ class TorchBackend(TrainingBackend):
             with torch.no_grad():
                 if self.reference is not None:
                     return self.reference(*args)
-                with _adapters_disabled(self.lm):  # LoRA: the base model is the reference
+                with _adapters_disabled(self.lm):  # LoRA: the weights under the adapter are the reference
                     return (self.module if self.sharded else self.inner)(*args)
 
     def set_gradient_sync(self, enabled: bool) -> None:
@@ -167,6 +176,8 @@ class TorchBackend(TrainingBackend):
     def save_hf(self, out_dir: Path) -> None:
         if self.kind == "lora":
             self._save_adapter(out_dir)
+        elif self.job.hyperparameters.lora is not None:
+            self._save_merged(out_dir)
         else:
             self._save_full(out_dir)
 
@@ -179,15 +190,36 @@ class TorchBackend(TrainingBackend):
                 out[name] = full.to("cpu", dtype or full.dtype).contiguous()
         return out
 
-    def _save_full(self, out_dir: Path) -> None:
+    def _unique_state(self) -> list[tuple[str, torch.Tensor]]:
         unique, seen = [], set()
         for name, tensor in self.lm.state_dict(keep_vars=True).items():
             if id(tensor) not in seen:  # tied weights (lm_head = embeddings) are written once, as HF does
                 seen.add(id(tensor))
                 unique.append((name, tensor))
-        weights = self._gather(unique, self.export_dtype)
+        return unique
+
+    def _save_full(self, out_dir: Path) -> None:
+        weights = self._gather(self._unique_state(), self.export_dtype)
         if self.rank == 0:
             write_hf_checkpoint(out_dir, weights, self.base_config, self.tokenizer, self.model_path)
+
+    def _save_merged(self, out_dir: Path) -> None:
+        """A LoRA trained on a full fine-tune's weights, written as full weights W + (alpha/rank)·B·A:
+        the engine that serves it holds those weights, not a store model to put an adapter on."""
+        state = self._gather(self._unique_state(), None)
+        if self.rank != 0:
+            return
+        scaling = self.job.hyperparameters.lora.alpha / self.job.hyperparameters.lora.rank
+        weights = {}
+        for name, tensor in state.items():
+            if ".lora_" in name:
+                continue
+            if name.endswith(".base_layer.weight"):
+                layer = name.removesuffix(".base_layer.weight")
+                down, up = state[f"{layer}.lora_A.default.weight"], state[f"{layer}.lora_B.default.weight"]
+                tensor = tensor + scaling * (up @ down)
+            weights[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = tensor.to(self.export_dtype)
+        write_hf_checkpoint(out_dir, weights, self.base_config, self.tokenizer, self.model_path)
 
     def _save_adapter(self, out_dir: Path) -> None:
         from peft import get_peft_model_state_dict
@@ -234,6 +266,12 @@ class TorchBackend(TrainingBackend):
                             value.to(param.device), param.device_mesh, param.placements,
                             run_check=False, shape=param.shape, stride=param.stride(),
                         )
+
+
+def _with_adapter(model: nn.Module, path: str, trainable: bool = False) -> nn.Module:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, path, is_trainable=trainable)
 
 
 @contextmanager

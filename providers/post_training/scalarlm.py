@@ -13,6 +13,9 @@ Choices where the 0.6 API and ScalarLM differ (README, "Training"):
   runs, checkpoints live in the job directory, the optimizer is AdamW, and weights train in fp32
   (bf16 compute on GPUs, ``dtype``'s default). ``apply_lora_to_output`` is refused because vLLM
   serves LoRA adapters on the attention and MLP projections, not on the output head.
+- GRPO (scored samples, ``registry/rows.py``) goes through ``supervised-fine-tune`` with
+  ``hyperparam_search_config.method = "grpo"``: it trains full weights or LoRA as SFT does, and
+  0.6 has no route for reward-driven training.
 - Every blocking call (files, SLURM) runs in a thread, off the server's event loop.
 """
 
@@ -88,8 +91,12 @@ class ScalarLMPostTrainingProvider:
         _check_request(request)
         if request.algorithm_config is not None and not isinstance(request.algorithm_config, LoraFinetuningConfig):
             raise InvalidFieldError("algorithm_config.type", f"{request.algorithm_config.type} is not supported")
-        hyper = _hyperparameters(request.training_config, request.hyperparam_search_config, method="sft",
-                                 lora=_lora(request.algorithm_config))
+        overrides = dict(request.hyperparam_search_config)
+        method = overrides.pop("method", "sft")  # GRPO trains on scored samples, full or LoRA, as SFT does
+        if method not in ("sft", "grpo"):
+            raise InvalidFieldError("hyperparam_search_config.method", f"{method!r}: sft or grpo here (DPO is "
+                                                                       "preference-optimize)")
+        hyper = _hyperparameters(request.training_config, overrides, method=method, lora=_lora(request.algorithm_config))
         return await self._submit(request.job_uuid, request.model, request.training_config, hyper)
 
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
