@@ -112,6 +112,34 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loop(args: argparse.Namespace) -> int:
+    """Rounds of the flywheel on a task file that defines ``prompts(round)``, ``heldout()`` and
+    ``reward(prompt, completion)``: see ``examples/addition.py``."""
+    import importlib.util
+
+    from .flywheel import LoopError, LoopSettings, run_loop
+
+    spec = importlib.util.spec_from_file_location("scalarlm_task", args.task)
+    if spec is None or spec.loader is None:
+        sys.exit(f"{args.task}: not a Python file")
+    task = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task)
+    settings = LoopSettings(rounds=args.rounds, samples=args.samples, method=args.method, epochs=args.epochs,
+                            learning_rate=args.lr, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                            train=dict(map(_setting, args.set)))
+    try:
+        records = run_loop(_client(args), args.model, task.prompts, task.heldout(), task.reward, settings,
+                           Path(args.out), progress=not args.quiet)
+    except LoopError as exc:
+        print(f"loop stopped: {exc}", file=sys.stderr)
+        return 1
+    for record in records:
+        print(f"round {record.round}: held-out reward {record.heldout_reward:.3f}  {record.model}  "
+              f"(generate {record.generate_s:.0f} s, train {record.train_s:.0f} s, serve {record.serve_s:.0f} s)")
+    print(f"records and heldout_reward.png in {args.out}")
+    return 0
+
+
 def _squeue(args: argparse.Namespace) -> int:
     print(f"{'JOBID':>8}  {'NAME':<34} {'STATE':<10} {'TIME':>10} {'NODES':>5}  NODELIST(REASON)")
     for e in _client(args).squeue():
@@ -229,6 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("job", nargs="+")
     plot.add_argument("-o", "--output", default="loss.png")
     plot.set_defaults(func=_plot)
+
+    loop = sub.add_parser("loop", help="rounds of sample → score → train → serve, each from the last (a task file)")
+    loop.add_argument("task", help="a Python file defining prompts(round), heldout() and reward(prompt, completion)")
+    loop.add_argument("--model", required=True, help="the starting model (a base model or a completed job)")
+    loop.add_argument("--rounds", type=int, default=3)
+    loop.add_argument("--samples", type=int, default=8, help="completions sampled per prompt")
+    loop.add_argument("--method", choices=["expert_iteration", "grpo"], default="expert_iteration")
+    loop.add_argument("--epochs", type=float, default=2.0, help="passes over a round's training rows")
+    loop.add_argument("--lr", type=float, default=1e-3)
+    loop.add_argument("--batch-size", type=int, default=8)
+    loop.add_argument("--max-tokens", type=int, default=16)
+    loop.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other hyperparameter")
+    loop.add_argument("--out", default="loop", help="where each round's JSON record and the PNG go (a rerun resumes)")
+    loop.add_argument("--quiet", action="store_true")
+    loop.set_defaults(func=_loop)
 
     squeue = sub.add_parser("squeue", help="the SLURM queue")
     squeue.set_defaults(func=_squeue)

@@ -106,6 +106,19 @@ class ScalarLMClient:
             statuses += batch
         return statuses
 
+    def wait_served(self, model: str, timeout_s: float = 300.0) -> None:
+        """Until ``model`` (a job id) is in the distribution's ``/v1/models``: a job that just
+        completed is listed within the server's next registry scan (about a second)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            response = self._http.get("/v1/models")
+            _raise(response)
+            if any(m["id"].split("/")[-1] == model for m in response.json()["data"]):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{model} is not served after {timeout_s:.0f} s")
+            time.sleep(0.25)
+
     def queue_stats(self) -> QueueStats:
         response = self._http.get("/v1/scalarlm/queue")
         _raise(response)

@@ -469,6 +469,34 @@ def test_grpo_through_post_training_trains_on_rewards_and_refuses_a_group_of_one
     assert "line 2: completions: the group-relative method needs at least 2" in refused.value.response.text
 
 
+def test_the_loop_runs_rounds_each_from_the_last_and_resumes(stack, client, tmp_path):
+    """Expert iteration on the tiny model, rewarded for answers with a digit in them: each round
+    samples through the bulk route, trains from the previous round's job, is served and evaluated;
+    a rerun with more rounds keeps the recorded ones and continues from the last."""
+    from llama_stack_scalarlm.flywheel import LoopSettings, run_loop
+
+    def prompts(number):
+        return [f"Say a word, any word ({number}.{i})." for i in range(12)]
+
+    def reward(prompt, completion):
+        return float(any(ch.isdigit() for ch in completion))
+
+    heldout = [f"Say a word ({i})." for i in range(8)]
+    settings = LoopSettings(rounds=1, samples=6, max_tokens=4, learning_rate=1e-2, batch_size=8, epochs=3)
+    first = run_loop(client, TINY, prompts, heldout, reward, settings, tmp_path / "loop", progress=False)
+    assert [r.round for r in first] == [0, 1] and first[1].trained_from == TINY
+    assert first[1].samples == 72 and 0 < first[1].sample_reward < 1 and first[1].train_rows > 0
+    assert client.job(first[1].model).state == "COMPLETED"
+    again = run_loop(client, TINY, prompts, heldout, reward, settings.model_copy(update={"rounds": 2}),
+                     tmp_path / "loop", progress=False)
+    assert again[:2] == first, "recorded rounds are kept, not run again"
+    assert again[2].trained_from == first[1].model and client.job(again[2].model).parent_job_id == first[1].model
+    assert again[2].sample_reward > first[1].sample_reward, "round two samples from the model round one taught"
+    assert all(r.train_s > 0 and r.generate_s > 0 for r in again[1:])
+    assert json.loads((tmp_path / "loop" / "round-2.json").read_text())["model"] == again[2].model
+    assert (tmp_path / "loop" / "heldout_reward.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_ls_logs_plot_squeue(stack, client, tmp_path, capsys):
     from llama_stack_scalarlm.cli import main as cli
 
