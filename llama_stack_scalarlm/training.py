@@ -78,6 +78,7 @@ class TrainingService:
         self.uploads = UploadStore(config.uploads_dir, config.limits.max_upload_bytes, config.limits.upload_ttl_s)
         self.models = ModelStore(config.models_dir)
         self.slurm = slurm or Slurm()
+        self._parents: dict[str, str | None] = {}  # job id -> parent: part of the id, so read once
         self._stop = threading.Event()
 
     # --- background -------------------------------------------------------------------------
@@ -264,7 +265,9 @@ class TrainingService:
 
     def _reported(self, status: JobStatus) -> JobStatus:
         """The status with what the trainer does not write: the job's parent, and a failed job's log."""
-        status.parent_job_id = self.registry.job(status.job_id).parent_job_id
+        if status.job_id not in self._parents:
+            self._parents[status.job_id] = self.registry.job(status.job_id).parent_job_id
+        status.parent_job_id = self._parents[status.job_id]
         if status.state == "FAILED" and status.log_tail is None:
             status.log_tail = self.registry.log_tail(status.job_id)  # the trainer recorded the error; show its log too
         return status

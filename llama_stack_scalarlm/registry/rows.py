@@ -110,6 +110,15 @@ class ChatRow(_Strict):
         return self
 
 
+def _strings_as_turns(row: dict, roles: dict[str, str]) -> dict:
+    """A copy of ``row`` where each key of ``roles`` given as a non-empty string is one turn of that role."""
+    row = dict(row)
+    for key, role in roles.items():
+        if isinstance(row.get(key), str) and row[key]:
+            row[key] = [{"role": role, "content": row[key]}]
+    return row
+
+
 class PreferenceRow(_Strict):
     prompt: list[Message] = Field(min_length=1)
     chosen: list[Message] = Field(min_length=1)
@@ -120,10 +129,7 @@ class PreferenceRow(_Strict):
     @classmethod
     def _strings_are_turns(cls, row: Any) -> Any:
         if isinstance(row, dict):
-            row = dict(row)
-            for key, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
-                if isinstance(row.get(key), str) and row[key]:
-                    row[key] = [{"role": role, "content": row[key]}]
+            row = _strings_as_turns(row, {"prompt": "user", "chosen": "assistant", "rejected": "assistant"})
         return row
 
 
@@ -142,11 +148,9 @@ class ScoredRow(_Strict):
     @classmethod
     def _prompt(cls, row: Any) -> Any:
         if isinstance(row, dict):
-            row = dict(row)
             if "messages" in row and "prompt" not in row:
-                row["prompt"] = row.pop("messages")
-            if isinstance(row.get("prompt"), str) and row["prompt"]:
-                row["prompt"] = [{"role": "user", "content": row["prompt"]}]
+                row = {("prompt" if k == "messages" else k): v for k, v in row.items()}
+            row = _strings_as_turns(row, {"prompt": "user"})
         return row
 
     @field_validator("completions")
