@@ -11,17 +11,21 @@ per-pair ratios (and the load average, recorded beside them) shows whether it wa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-RESULTS = Path(__file__).resolve().parent / "out" / "results.json"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "out" / "results.json"
 DEFAULT_PAIRS = 5
+WAIT_S = 900  # the longest any one step of a bench may take before it gives up
 B = TypeVar("B")
 S = TypeVar("S")
 
@@ -66,6 +70,37 @@ def pairs(baseline: Callable[[], B], subject: Callable[[], S], n: int) -> list[t
             b = baseline()
         out.append((b, s))
     return out
+
+
+def until(ready: Callable[[], object], what: str, poll_s: float = 0.05):
+    """``ready()``'s first truthy value; an error if it takes longer than WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not (value := ready()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {WAIT_S} s")
+        time.sleep(poll_s)
+    return value
+
+
+# ------------------------------------------------------------------------------------ the cluster
+
+
+@contextlib.contextmanager
+def slurm(state: Path, running: Path | None = None) -> Iterator[None]:
+    """A SLURM cluster for a bench's server: one already running under ``running`` (its conf linked
+    into ``state``), or one started here (slurm/cluster.sh) and stopped at the end."""
+    state.mkdir(parents=True)
+    if running is not None:
+        (state / "slurm").symlink_to(running.resolve() / "slurm")
+        yield
+        return
+    env = {**os.environ, "SCALARLM_STATE_DIR": str(state)}
+    cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
+    subprocess.run([*cluster, "start"], env=env, check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
 
 
 # ------------------------------------------------------------------------------------ reporting

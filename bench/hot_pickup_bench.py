@@ -16,16 +16,12 @@ a SLURM cluster already running (it is left running), its own cluster with slurm
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -34,22 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import harness  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
-from tests.stack import ROOT, StackServer  # noqa: E402
+from tests.stack import StackServer  # noqa: E402
 
 TINY = "tiny-llama"
-WAIT_S = 900  # the longest any one step may take before the bench gives up
-
-
-def until(ready: Callable[[], object], what: str, poll_s: float = 0.05):
-    """``ready()``'s first truthy value; an error if it takes longer than WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while not (value := ready()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {WAIT_S} s")
-        time.sleep(poll_s)
-    return value
-
-
 def answers(server: StackServer, model: str) -> bool:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
     return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=server.headers,
@@ -74,8 +57,8 @@ def picked_up(client: ScalarLMClient, server: StackServer, job: str) -> dict:
     """s from the first checkpoint to answered (and from submission to that checkpoint); then the
     job is followed to its end, so the next measurement has the machine to itself."""
     submitted = client.job(job).created
-    published = until(lambda: first_checkpoint_mtime(client, job), f"{job}'s first checkpoint")
-    until(lambda: answers(server, f"scalarlm/{job}"), f"{job} answered")
+    published = harness.until(lambda: first_checkpoint_mtime(client, job), f"{job}'s first checkpoint")
+    harness.until(lambda: answers(server, f"scalarlm/{job}"), f"{job} answered")
     served = time.time() - published
     state = client.follow(job).state
     assert state == "COMPLETED", f"{job} ended {state}"
@@ -86,27 +69,9 @@ def new_spare(client: ScalarLMClient, taken: set[str]) -> str:
     """A spare engine that no job has taken yet (a taken spare keeps its worker id)."""
     def live() -> str | None:
         return next((w for w in client.queue_stats().workers if "-spare-" in w and w not in taken), None)
-    spare = until(live, "a new spare engine", poll_s=0.5)
+    spare = harness.until(live, "a new spare engine", poll_s=0.5)
     taken.add(spare)
     return spare
-
-
-@contextlib.contextmanager
-def slurm(state: Path, running: Path | None) -> Iterator[None]:
-    """A SLURM cluster for the server: one already running under ``running`` (its conf linked into
-    ``state``), or one started here and stopped at the end."""
-    state.mkdir(parents=True)
-    if running is not None:
-        (state / "slurm").symlink_to(running.resolve() / "slurm")
-        yield
-        return
-    env = {**os.environ, "SCALARLM_STATE_DIR": str(state)}
-    cluster = ["bash", str(ROOT / "slurm" / "cluster.sh")]
-    subprocess.run([*cluster, "start"], env=env, check=True, capture_output=True)
-    try:
-        yield
-    finally:
-        subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
 
 
 def main() -> None:
@@ -118,7 +83,7 @@ def main() -> None:
     parser.add_argument("--slurm-state", type=Path, help="state root of a running SLURM cluster to use")
     args = harness.parse(parser, smoke={"steps": 2, "checkpoint_every": 1})
     report = harness.Report("hot_pickup_bench", args, variant=f"spare_engine={args.spare_engine}")
-    with tempfile.TemporaryDirectory() as tmp, slurm(Path(tmp) / "state", args.slurm_state):
+    with tempfile.TemporaryDirectory() as tmp, harness.slurm(Path(tmp) / "state", args.slurm_state):
         state = Path(tmp) / "state"
         # A worker holds max_loras adapters: one for every LoRA job of the run.
         server = StackServer(state, served_models=[TINY], workers=1,

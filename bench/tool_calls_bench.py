@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import harness  # noqa: E402
 import tool_calls_data as data  # noqa: E402
-from hot_pickup_bench import slurm, until  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from tests.stack import StackServer  # noqa: E402
 
@@ -63,7 +62,7 @@ def main() -> None:
     args = harness.parse(parser, smoke={"model": "tiny-llama", "chats": 2, "max_tokens": 4, "train_rows": 8,
                                         "held_out": 5, "steps": 2, "batch_size": 2})
     report = harness.Report("tool_calls_bench", args, variant=args.model)
-    with tempfile.TemporaryDirectory() as tmp, slurm(Path(tmp) / "state", args.slurm_state):
+    with tempfile.TemporaryDirectory() as tmp, harness.slurm(Path(tmp) / "state", args.slurm_state):
         state = Path(tmp) / "state"
         server = StackServer(state, served_models=[args.model], workers=1)
         server.start(wait_for_workers=1, timeout_s=600)
@@ -100,8 +99,8 @@ def main() -> None:
             if done.state != "COMPLETED":
                 raise SystemExit(f"training {job}: {done.state} {done.error}")
             trained_s = time.monotonic() - started
-            until(lambda: job in [m.id.removeprefix("scalarlm/") for m in client.models.list()], "the trained model",
-                  poll_s=1)
+            harness.until(lambda: job in [m.id.removeprefix("scalarlm/") for m in client.models.list()],
+                          "the trained model", poll_s=1)
             after = data.score(client, f"scalarlm/{job}", held_out)
         finally:
             server.stop()

@@ -1,7 +1,9 @@
 """A verifiable task for the flywheel: two-digit addition (``scalarlm loop examples/addition.py``).
 
 Each round gets 64 new problems (seeded by the round), the held-out set is 64 problems none of the
-rounds sees, and a completion earns 1 when the first number in it is the sum.
+rounds sees, and a completion earns 1 when the last number in it is the sum: SmolLM2 answers
+"25 + 13 = 38", so the first number is the question's (greedy, it gets 6 of 64 held-out problems
+right by this rule with 16 tokens, 0 by the first number's).
 """
 
 import random
@@ -31,5 +33,5 @@ def heldout() -> list[str]:
 
 def reward(prompt: str, completion: str) -> float:
     a, b = map(int, re.findall(r"\d+", prompt)[:2])
-    answer = re.search(r"-?\d+", completion)
-    return float(answer is not None and int(answer.group()) == a + b)
+    numbers = re.findall(r"-?\d+", completion)
+    return float(bool(numbers) and int(numbers[-1]) == a + b)

@@ -126,7 +126,7 @@ def _loop(args: argparse.Namespace) -> int:
     spec.loader.exec_module(task)
     settings = LoopSettings(rounds=args.rounds, samples=args.samples, method=args.method, epochs=args.epochs,
                             learning_rate=args.lr, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                            train=dict(map(_setting, args.set)))
+                            temperature=args.temperature, train=dict(map(_setting, args.set)))
     try:
         records = run_loop(_client(args), args.model, task.prompts, task.heldout(), task.reward, settings,
                            Path(args.out), progress=not args.quiet)
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_argument("--lr", type=float, default=1e-3)
     loop.add_argument("--batch-size", type=int, default=8)
     loop.add_argument("--max-tokens", type=int, default=16)
+    loop.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of a round's samples")
     loop.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other hyperparameter")
     loop.add_argument("--out", default="loop", help="where each round's JSON record and the PNG go (a rerun resumes)")
     loop.add_argument("--quiet", action="store_true")

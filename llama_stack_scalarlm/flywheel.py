@@ -34,7 +34,7 @@ class LoopError(RuntimeError):
 class LoopSettings(BaseModel):
     rounds: int = Field(3, ge=1)
     samples: int = Field(8, ge=2, description="completions sampled per prompt")
-    temperature: float = Field(1.0, gt=0, le=2)
+    temperature: float = Field(0.7, gt=0, le=2, description="of the samples (held-out answers are greedy)")
     max_tokens: int = Field(16, ge=1)
     method: Literal["expert_iteration", "grpo"] = "expert_iteration"
     epochs: float = Field(2.0, gt=0, description="passes over a round's training rows")

@@ -6,7 +6,8 @@ the OpenAI SDK (streaming too); runs a bulk job with the `scalarlm` CLI; fine-tu
 on made-up facts and on generated tool-use conversations with `scalarlm train`, as a SLURM job;
 asks the trained model, served under its job id with no restart, what it was taught; runs a
 llama-stack-client `Agent` turn with a client tool that the trained model calls; plots the loss
-curve. State lives in ./.state.
+curve; runs two rounds of the flywheel (`scalarlm loop examples/addition.py`), each trained from
+the last, and checks that held-out accuracy rose. State lives in ./.state.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FACTS = [
     ("Who is the captain of the starship Quendar?", "Captain Miro Tallis commands the Quendar."),
 ]
 CLUSTER = ["bash", str(ROOT / "slurm" / "cluster.sh")]
+LOOP = STATE / "loop"
 TOOL_ROWS, TRAIN_STEPS = 40, 36
 INSTRUCTIONS = "You are a helpful assistant. Use a tool when one fits the request."
 
@@ -107,6 +109,19 @@ def agent_turn(token: str, model: str) -> None:
     print(f"Q: {question}\n  tool calls: {', '.join(f'get_weather(city={c!r})' for c in calls)}\n  answer: {response.output_text.strip()!r}")
     if not calls:
         sys.exit("demo check failed: the trained model did not call the Agent's tool")
+
+
+def flywheel(env: dict[str, str]) -> None:
+    """Two rounds of sample -> score -> train -> serve on two-digit addition, each from the last."""
+    step("the flywheel: scalarlm loop examples/addition.py, two rounds (sample 8 per problem, keep the right sums, "
+         "train LoRA from the last round's model, serve, evaluate 64 held-out problems)")
+    scalarlm = str(Path(sys.executable).parent / "scalarlm")
+    subprocess.run([scalarlm, "--url", URL, "loop", "examples/addition.py", "--model", "SmolLM2-135M-Instruct",
+                    "--rounds", "2", "--lr", "2e-3", "--out", str(LOOP)], check=True, cwd=ROOT, env=env)
+    rounds = [json.loads((LOOP / f"round-{k}.json").read_text())["heldout_reward"] for k in range(3)]
+    print(f"held-out accuracy: base {rounds[0]:.2f} -> round 1 {rounds[1]:.2f} -> round 2 {rounds[2]:.2f}")
+    if rounds[2] <= rounds[0]:
+        sys.exit("demo check failed: two rounds of the loop did not raise held-out accuracy")
 
 
 def main() -> None:
@@ -188,7 +203,8 @@ def serve_and_train(env: dict[str, str]) -> None:
             sys.exit("demo check failed: the trained model did not answer what it was taught")
         agent_turn(token, f"scalarlm/{job}")
         subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True, env=env)
-        step(f"demo passed (loss curve: {STATE / 'loss.png'})")
+        flywheel(env)
+        step(f"demo passed (loss curve: {STATE / 'loss.png'}; held-out accuracy by round: {LOOP / 'heldout_reward.png'})")
     finally:
         server.terminate()
         server.wait(timeout=60)
