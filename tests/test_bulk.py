@@ -36,6 +36,18 @@ def test_bulk_samples_with_their_logprobs_match_the_openai_route(server, tiny_mo
                for c in sampled.choices)
 
 
+def test_seeded_samples_of_more_prompt_tokens_than_one_engine_step_holds(server, tiny_model):
+    """Seeded requests whose prompts (~6,000 tokens together) do not fit one engine step (2,048):
+    with chunked prefill, vLLM rewinds a part-prefilled request's seeded generator by an offset a
+    CPU generator does not have, and the engine died on every seeded batch this large."""
+    client = ScalarLMClient(server.url, api_key=server.token)
+    prompts = [" ".join(f"word{i}-{j}" for j in range(60)) for i in range(24)]
+    first, again = (client.generate(tiny_model, prompts, max_tokens=4, temperature=1.0, seed=7, n=2)
+                    for _ in range(2))
+    assert all(r.error is None and len(r.choices) == 2 for r in first), [r.error for r in first if r.error][:1]
+    assert [[c.text for c in r.choices] for r in first] == [[c.text for c in r.choices] for r in again]
+
+
 def test_ids_come_back_before_results(server, tiny_model):
     client = ScalarLMClient(server.url, api_key=server.token)
     ids = client.submit(tiny_model, ["a b c"] * 50, max_tokens=4)

@@ -74,8 +74,14 @@ class EngineCore:
             # base requests when every slot is full (vLLM PRs #48421, #49656).
             lora = dict(enable_lora=True, max_loras=self.max_adapters + 1, max_cpu_loras=self.max_adapters + 1,
                         max_lora_rank=config.engine.max_lora_rank)
+        # On CPU a prompt is prefilled whole, in one step: vLLM rewinds the seeded generator of a
+        # part-prefilled request by an offset that a CPU generator does not have, and the engine
+        # dies on the first seeded request split across steps (vllm-rbln PR #1025 has the details).
+        whole_prefills = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(config.max_model_len, 2048)) \
+            if _on_cpu(config) else {}
         args = AsyncEngineArgs(
             **lora,
+            **whole_prefills,
             model=str(model_path),
             served_model_name=model_name,
             max_model_len=config.max_model_len,
