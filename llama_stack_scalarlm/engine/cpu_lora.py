@@ -2,7 +2,7 @@
 
 vLLM on CPU applies adapters with PyTorch ops that gather each token's adapter matrices
 (``weights[indices]``: a rank × hidden copy per token, per layer, per module) before a batched
-product. On SmolLM2 with a rank-16 adapter on every module that made a LoRA job's requests ~10×
+product. On SmolLM2 with a rank-16 adapter on every module that made a LoRA job's requests ~20×
 slower than the base model's (64 greedy answers of 16 tokens: 112 s on the adapter, 5 s on the
 base; 4 s on the adapter with these ops). Tokens share a handful of adapters at most
 (``engine.max_loras``), so these ops group the tokens by adapter and multiply each group by its
