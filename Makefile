@@ -27,6 +27,7 @@ bench: setup
 	$(PY) bench/hot_pickup_bench.py --spare-engine always
 	$(PY) bench/tool_calls_bench.py
 	$(PY) bench/adapter_churn_bench.py
+	$(PY) bench/loop_bench.py --pairs 2
 	$(PY) bench/harness.py
 
 # Llama Stack v0.7.1's own inference integration tests, live against the distribution.

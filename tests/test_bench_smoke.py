@@ -49,6 +49,10 @@ def test_adapter_churn_bench_smoke(slurm_cluster, tmp_path):
     run_bench("adapter_churn_bench", tmp_path, "--slurm-state", str(slurm_cluster.state_dir), timeout_s=900)
 
 
+def test_loop_bench_smoke(slurm_cluster, tmp_path):
+    run_bench("loop_bench", tmp_path, "--slurm-state", str(slurm_cluster.state_dir), timeout_s=900)
+
+
 def test_harness_alternates_pairs_and_keeps_other_sections(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_harness", BENCH / "harness.py")
     harness = importlib.util.module_from_spec(spec)
