@@ -472,8 +472,9 @@ def test_grpo_through_post_training_trains_on_rewards_and_refuses_a_group_of_one
 def test_the_loop_runs_rounds_each_from_the_last_and_resumes(stack, client, tmp_path):
     """Expert iteration on the tiny model, rewarded for answers with a digit in them: each round
     samples through the bulk route, trains from the previous round's job, is served and evaluated;
-    a rerun with more rounds keeps the recorded ones and continues from the last."""
-    from llama_stack_scalarlm.flywheel import LoopSettings, run_loop
+    a rerun with more rounds keeps the recorded ones and continues from the last. A reward that is
+    not finite, or that pays nothing, stops the loop saying so."""
+    from llama_stack_scalarlm.flywheel import LoopError, LoopSettings, run_loop
 
     def prompts(number):
         return [f"Say a word, any word ({number}.{i})." for i in range(12)]
@@ -495,6 +496,9 @@ def test_the_loop_runs_rounds_each_from_the_last_and_resumes(stack, client, tmp_
     assert all(r.train_s > 0 and r.generate_s > 0 for r in again[1:])
     assert json.loads((tmp_path / "loop" / "round-2.json").read_text())["model"] == again[2].model
     assert (tmp_path / "loop" / "heldout_reward.png").read_bytes()[:4] == b"\x89PNG"
+    for bad, says in ((lambda p, c: float("nan"), "not finite"), (lambda p, c: 0.0, "nothing to train on")):
+        with pytest.raises(LoopError, match=says):
+            run_loop(client, TINY, prompts, heldout, bad, settings, tmp_path / f"bad-{says[:3]}", progress=False)
 
 
 def test_cli_ls_logs_plot_squeue(stack, client, tmp_path, capsys):
