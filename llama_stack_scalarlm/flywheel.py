@@ -120,6 +120,7 @@ def _round(client: ScalarLMClient, number: int, model: str, prompts: list[str], 
     client.wait_served(job)
     client.generate(job, [_chat(heldout[0])], max_tokens=1, temperature=0.0)  # waits in the queue for its adapter
     serve_s = time.monotonic() - started
+    bar.set_description(f"round {number}: evaluate")
     started = time.monotonic()
     score = _evaluate(client, job, heldout, reward, settings)
     return RoundRecord(round=number, model=job, trained_from=model, prompts=len(prompts),

@@ -473,7 +473,8 @@ def test_the_loop_runs_rounds_each_from_the_last_and_resumes(stack, client, tmp_
     """Expert iteration on the tiny model, rewarded for answers with a digit in them: each round
     samples through the bulk route, trains from the previous round's job, is served and evaluated;
     a rerun with more rounds keeps the recorded ones and continues from the last. A reward that is
-    not finite, or that pays nothing, stops the loop saying so."""
+    not finite, or that pays nothing, stops the loop saying so; a round whose job fails, with the
+    job's error."""
     from llama_stack_scalarlm.flywheel import LoopError, LoopSettings, run_loop
 
     def prompts(number):
@@ -499,6 +500,11 @@ def test_the_loop_runs_rounds_each_from_the_last_and_resumes(stack, client, tmp_
     for bad, says in ((lambda p, c: float("nan"), "not finite"), (lambda p, c: 0.0, "nothing to train on")):
         with pytest.raises(LoopError, match=says):
             run_loop(client, TINY, prompts, heldout, bad, settings, tmp_path / f"bad-{says[:3]}", progress=False)
+    # A job that fails (every row cut off before its answer): the loop stops with the job's error.
+    failing = settings.model_copy(update={"train": {"max_seq_len": 8}})
+    with pytest.raises(LoopError, match=r"ended FAILED: .*no row has a trained token within max_seq_len=8"):
+        run_loop(client, TINY, prompts, heldout, reward, failing, tmp_path / "failing", progress=False)
+    assert [p.name for p in (tmp_path / "failing").iterdir()] == ["round-0.json"], "no record of the failed round"
 
 
 def test_cli_ls_logs_plot_squeue(stack, client, tmp_path, capsys):
