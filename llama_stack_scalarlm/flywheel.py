@@ -90,9 +90,7 @@ def _round(client: ScalarLMClient, number: int, model: str, prompts: list[str], 
                               max_tokens=settings.max_tokens, seed=settings.seed + number)
     groups = [[choice.text for choice in result.choices] for result in results]
     generate_s = time.monotonic() - started
-    scores = [[float(reward(p, text)) for text in texts] for p, texts in zip(prompts, groups, strict=True)]
-    if not all(math.isfinite(s) for group in scores for s in group):
-        raise LoopError(f"round {number}: the reward function returned a value that is not finite")
+    scores = [[_score(reward, p, text) for text in texts] for p, texts in zip(prompts, groups, strict=True)]
     rows = _rows(prompts, groups, scores, settings.method)
     if not rows:
         raise LoopError(f"round {number}: no sample earned a reward (expert iteration) or no group's rewards "
@@ -141,7 +139,14 @@ def _rows(prompts: list[str], groups: list[list[str]], scores: list[list[float]]
 
 def _evaluate(client: ScalarLMClient, model: str, heldout: list[str], reward: Reward, settings: LoopSettings) -> float:
     results = client.generate(model, [_chat(p) for p in heldout], max_tokens=settings.max_tokens, temperature=0.0)
-    return _mean([float(reward(p, r.choices[0].text)) for p, r in zip(heldout, results, strict=True)])
+    return _mean([_score(reward, p, r.choices[0].text) for p, r in zip(heldout, results, strict=True)])
+
+
+def _score(reward: Reward, prompt: str, completion: str) -> float:
+    value = float(reward(prompt, completion))
+    if not math.isfinite(value):
+        raise LoopError(f"the reward function returned {value} (not finite) for the prompt {prompt!r}")
+    return value
 
 
 def plot_rounds(records: list[RoundRecord], path: Path) -> None:
