@@ -33,6 +33,8 @@ from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from tests.stack import StackServer  # noqa: E402
 
 TINY = "tiny-llama"
+
+
 def answers(server: StackServer, model: str) -> bool:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
     return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=server.headers,
