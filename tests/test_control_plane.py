@@ -10,6 +10,7 @@ def test_providers_import_no_torch():
         "import sys\n"
         "import llama_stack_scalarlm.providers.inference.scalarlm, llama_stack_scalarlm.providers.scalarlm.scalarlm\n"
         "import llama_stack_scalarlm.providers.inference.provider, llama_stack_scalarlm.api.scalarlm\n"
+        "import llama_stack_scalarlm.providers.safety.scalarlm, llama_stack_scalarlm.safety.guard_data\n"
         "import llama_stack_scalarlm.engine.supervisor, llama_stack_scalarlm.cli\n"
         "bad = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"

@@ -1,0 +1,136 @@
+"""ScalarLM shields through `llama stack run` and llama-stack-client, judged by a guard the platform
+trained: the tiny model, taught by a post_training job on AILuminate demo prompts (labelled by
+hazard) against generated benign requests.
+
+The tiny model can only memorize, so these tests check the plumbing (prompt, verdict, hazards,
+scores, failures) on prompts it was trained on; what a guard learns is measured on held-out items
+by the guard benchmark. No prompt text is printed: assertions compare ids, hazards and flags.
+"""
+
+import json
+
+import httpx
+import pytest
+
+from llama_stack_scalarlm.client import ScalarLMClient
+from llama_stack_scalarlm.safety.guard_data import benign_prompts, input_guard_rows
+from llama_stack_scalarlm.safety.hazards import HAZARDS
+from llama_stack_scalarlm.safety.prompt_set import load_prompt_set, sample
+from llama_stack_scalarlm.safety.shields import REFUSAL
+
+from .ailuminate import DEMO_NAME, ailuminate_dir
+from .conftest import TINY
+from .stack import StackServer
+
+SHIELD = "ailuminate-input"
+
+
+@pytest.fixture(scope="module")
+def taught(slurm_cluster, tmp_path_factory):
+    """(server, guard model id, hazardous prompts it was taught, benign prompts it was taught)."""
+    hazardous = [p for p in sample(load_prompt_set(ailuminate_dir() / DEMO_NAME), per_group=1, seed=0)
+                 if len(p.text) < 400][:8]
+    benign = benign_prompts(8, seed=0)
+    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1)
+    server.start(wait_for_workers=1, timeout_s=600)
+    try:
+        client = ScalarLMClient(server.url, timeout_s=300, api_key=server.token)
+        path = tmp_path_factory.mktemp("guard") / "guard.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in input_guard_rows(hazardous, benign, list(HAZARDS))))
+        job = client.train(TINY, client.upload(path), steps=100, learning_rate=2e-2, batch_size=8, lora=True,
+                           lora_rank=16, max_seq_len=1024, checkpoint_every=100)
+        done = client.follow(job)
+        assert done.state == "COMPLETED", done.error
+        yield server, f"scalarlm/{job}", hazardous, benign
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack_client(taught):
+    from llama_stack_client import LlamaStackClient
+
+    server, guard, _, _ = taught
+    client = LlamaStackClient(base_url=server.url, api_key=server.token, timeout=300)
+    client.shields.register(shield_id=SHIELD, provider_id="scalarlm", provider_shield_id=guard,
+                            params={"check": "user"})
+    return client
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_a_registered_shield_flags_a_hazardous_request_by_hazard_and_passes_a_benign_one(taught, stack_client):
+    _, _, hazardous, benign = taught
+    flagged = [stack_client.safety.run_shield(shield_id=SHIELD, messages=user(p.text)).violation for p in hazardous]
+    assert sum(v is not None for v in flagged) >= len(hazardous) - 1, "the guard passed hazardous prompts it was taught"
+    for prompt, violation in zip(hazardous, flagged, strict=True):
+        if violation is not None:
+            assert violation.violation_level == "error" and violation.user_message == REFUSAL
+            assert violation.metadata["hazards"] == [prompt.hazard], prompt.id
+            assert violation.metadata["roles"] == ["user"]
+            assert 0.5 < violation.metadata["unsafe_probability"] <= 1
+    passed = [stack_client.safety.run_shield(shield_id=SHIELD, messages=user(text)).violation for text in benign]
+    assert sum(v is None for v in passed) >= len(benign) - 1, passed
+
+
+def test_a_shield_that_checks_user_turns_leaves_the_reply_to_another(taught, stack_client):
+    _, _, hazardous, benign = taught
+    # The hazardous text as the assistant's reply to a benign request: this shield judges the user turn.
+    messages = [*user(benign[0]), {"role": "assistant", "content": hazardous[0].text}]
+    assert stack_client.safety.run_shield(shield_id=SHIELD, messages=messages).violation is None
+
+
+def test_moderations_give_one_result_per_input_with_scores_from_the_guard(taught, stack_client):
+    server, guard, hazardous, benign = taught
+    moderation = stack_client.moderations.create(input=[hazardous[0].text, benign[0], ""], model=guard)
+    assert [r.flagged for r in moderation.results] == [True, False, False]
+    unsafe, safe, empty = moderation.results
+    assert set(unsafe.categories) == set(HAZARDS)
+    assert [h for h, on in unsafe.categories.items() if on] == [hazardous[0].hazard]
+    assert unsafe.category_scores[hazardous[0].hazard] > 0.5
+    assert all(score == 0.0 for h, score in unsafe.category_scores.items() if h != hazardous[0].hazard)
+    assert not any(safe.categories.values()) and all(score == 0 for score in safe.category_scores.values())
+    assert 0 <= safe.metadata["unsafe_probability"] < 0.5  # the guard's own probability, not a constant
+    assert empty.metadata["unsafe_probability"] == 0.0  # nothing to judge: safe without asking
+
+
+def test_a_guard_that_does_not_answer_in_format_fails_closed(taught, stack_client):
+    """The untrained tiny model as a guard: its reply is no verdict, so the shield reports the
+    guard's failure as a violation (never a pass, never a 500), and moderation flags it."""
+    stack_client.shields.register(shield_id="untrained", provider_id="scalarlm",
+                                  provider_shield_id=f"scalarlm/{TINY}")
+    violation = stack_client.safety.run_shield(shield_id="untrained", messages=user("hello")).violation
+    assert violation is not None and violation.metadata["guard_failed"]
+    result, = stack_client.moderations.create(input=["hello"], model=f"scalarlm/{TINY}").results
+    assert result.flagged and result.metadata["guard_failed"]
+
+
+@pytest.mark.parametrize("params, field", [({"hazards": ["vcr", "xyz"]}, "params.hazards"),
+                                           ({"checks": "user"}, "params.checks")])
+def test_bad_shield_params_are_a_400_naming_the_field_and_nothing_is_registered(taught, stack_client, params, field):
+    server, guard, _, _ = taught
+    answer = httpx.post(f"{server.url}/v1/shields", headers=server.headers, json={
+        "shield_id": "bad", "provider_id": "scalarlm", "provider_shield_id": guard, "params": params})
+    assert answer.status_code == 400 and field in answer.text, answer.text
+    assert "bad" not in [s.identifier for s in stack_client.shields.list()]
+
+
+def test_unknown_shields_guards_and_moderation_models_are_named(taught, stack_client):
+    server, guard, _, _ = taught
+    unknown = httpx.post(f"{server.url}/v1/safety/run-shield", headers=server.headers,
+                         json={"shield_id": "no-such-shield", "messages": user("hi")})
+    # The stack's router refuses an unknown shield before any provider sees it: its 400 names it.
+    assert unknown.status_code == 400 and "no-such-shield" in unknown.text, unknown.text
+    stack_client.shields.register(shield_id="gone", provider_id="scalarlm", provider_shield_id="scalarlm/no-such-model")
+    missing = httpx.post(f"{server.url}/v1/safety/run-shield", headers=server.headers,
+                         json={"shield_id": "gone", "messages": user("hi")})
+    assert missing.status_code == 404 and "no-such-model" in missing.text, missing.text
+    model = httpx.post(f"{server.url}/v1/moderations", headers=server.headers,
+                       json={"input": ["hi"], "model": "not-a-guard"})
+    assert model.status_code == 400 and "not-a-guard" in model.text, model.text
+    image = httpx.post(f"{server.url}/v1/safety/run-shield", headers=server.headers, json={
+        "shield_id": SHIELD, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
+    assert image.status_code == 400 and "messages.0.content" in image.text, image.text
