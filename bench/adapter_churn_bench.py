@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,33 +78,27 @@ def main() -> None:
     parser.add_argument("--slurm-state", type=Path, help="state root of a running SLURM cluster to use")
     args = harness.parse(parser, smoke={"adapters": 5, "requests": 10, "max_tokens": 2, "cold": 2, "steps": 1})
     report = harness.Report("adapter_churn_bench", args)
-    with tempfile.TemporaryDirectory() as tmp, harness.slurm(Path(tmp) / "state", args.slurm_state):
-        state = Path(tmp) / "state"
-        server = StackServer(state, served_models=[TINY], workers=1)
-        server.start(wait_for_workers=1, timeout_s=600)
-        try:
-            client = ScalarLMClient(server.url, api_key=server.token, timeout_s=600)
-            jobs = train_adapters(client, state, args.adapters, args.steps)
-            prompts = [f"Tell me about item {i}." for i in range(args.requests)]
-            spread = {job: prompts[i::len(jobs)] for i, job in enumerate(jobs)}
-            one = {jobs[0]: prompts}
-            throughput = harness.pairs(lambda: tokens_per_s(server, one, args.max_tokens),
-                                       lambda: tokens_per_s(server, spread, args.max_tokens), args.pairs)
+    with harness.served(args.slurm_state, served_models=[TINY]) as server:
+        client = ScalarLMClient(server.url, api_key=server.token, timeout_s=600)
+        jobs = train_adapters(client, server.state_dir, args.adapters, args.steps)
+        prompts = [f"Tell me about item {i}." for i in range(args.requests)]
+        spread = {job: prompts[i::len(jobs)] for i, job in enumerate(jobs)}
+        one = {jobs[0]: prompts}
+        throughput = harness.pairs(lambda: tokens_per_s(server, one, args.max_tokens),
+                                   lambda: tokens_per_s(server, spread, args.max_tokens), args.pairs)
 
-            def warm_and_cold() -> list[tuple[float, float]]:
-                """Round the adapters in order: the next one was used longest ago, so it is not loaded."""
-                measured = []
-                for i in range(args.cold):
-                    warm = request_s(client, jobs[i % len(jobs)])
-                    cold = request_s(client, jobs[(i + 1) % len(jobs)])
-                    measured.append((warm, cold))
-                return measured
+        def warm_and_cold() -> list[tuple[float, float]]:
+            """Round the adapters in order: the next one was used longest ago, so it is not loaded."""
+            measured = []
+            for i in range(args.cold):
+                warm = request_s(client, jobs[i % len(jobs)])
+                cold = request_s(client, jobs[(i + 1) % len(jobs)])
+                measured.append((warm, cold))
+            return measured
 
-            for job in [*jobs[1:], jobs[0]]:  # a round first, ending on the adapter the pairs start from
-                request_s(client, job)
-            latency = [pair for _ in range(args.pairs) for pair in warm_and_cold()]
-        finally:
-            server.stop()
+        for job in [*jobs[1:], jobs[0]]:  # a round first, ending on the adapter the pairs start from
+            request_s(client, job)
+        latency = [pair for _ in range(args.pairs) for pair in warm_and_cold()]
     report.compare(f"{args.adapters} adapters / 1 adapter: generated tokens/s", "tokens/s", throughput,
                    subject=f"spread over {args.adapters} LoRA jobs", baseline="all to one LoRA job")
     report.compare("request to an adapter not loaded / loaded: s", "s", latency,

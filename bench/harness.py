@@ -103,6 +103,23 @@ def slurm(state: Path, running: Path | None = None) -> Iterator[None]:
         subprocess.run([*cluster, "stop"], env=env, check=False, capture_output=True)
 
 
+@contextlib.contextmanager
+def served(running: Path | None, timeout_s: float = 600, **settings) -> Iterator:
+    """A `llama stack run` server (one engine worker, ``settings`` as in ``tests.stack``) on a SLURM
+    cluster (see :func:`slurm`), in a state root of its own that is removed at the end."""
+    import tempfile
+
+    from tests.stack import StackServer
+
+    with tempfile.TemporaryDirectory() as tmp, slurm(Path(tmp) / "state", running):
+        server = StackServer(Path(tmp) / "state", workers=1, **settings)
+        server.start(wait_for_workers=1, timeout_s=timeout_s)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 # ------------------------------------------------------------------------------------ reporting
 
 

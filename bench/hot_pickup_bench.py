@@ -20,7 +20,6 @@ import functools
 import itertools
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -85,37 +84,32 @@ def main() -> None:
     parser.add_argument("--slurm-state", type=Path, help="state root of a running SLURM cluster to use")
     args = harness.parse(parser, smoke={"steps": 2, "checkpoint_every": 1})
     report = harness.Report("hot_pickup_bench", args, variant=f"spare_engine={args.spare_engine}")
-    with tempfile.TemporaryDirectory() as tmp, harness.slurm(Path(tmp) / "state", args.slurm_state):
-        state = Path(tmp) / "state"
-        # A worker holds max_loras adapters: one for every LoRA job of the run.
-        server = StackServer(state, served_models=[TINY], workers=1,
-                             engine={"spare_engine": args.spare_engine, "max_loras": max(3, args.pairs)})
-        server.start(wait_for_workers=1, timeout_s=600)
-        try:
-            client = ScalarLMClient(server.url, api_key=server.token)
-            base = functools.partial(request_s, server)
-            base()  # warm (and Llama Stack creates its SQL tables after a first chat completion)
-            data = state / "data.jsonl"
-            data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(16)))
-            sha = client.upload(data)
-            seeds, spares = itertools.count(), set()
+    # A worker holds max_loras adapters: one for every LoRA job of the run.
+    with harness.served(args.slurm_state, served_models=[TINY],
+                        engine={"spare_engine": args.spare_engine, "max_loras": max(3, args.pairs)}) as server:
+        state = server.state_dir
+        client = ScalarLMClient(server.url, api_key=server.token)
+        base = functools.partial(request_s, server)
+        base()  # warm (and Llama Stack creates its SQL tables after a first chat completion)
+        data = state / "data.jsonl"
+        data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(16)))
+        sha = client.upload(data)
+        seeds, spares = itertools.count(), set()
 
-            def job(**kind) -> dict:
-                submitted = client.train(TINY, sha, steps=args.steps, checkpoint_every=args.checkpoint_every,
-                                         learning_rate=1e-3, seed=next(seeds), **kind)
-                return picked_up(client, server, submitted)
+        def job(**kind) -> dict:
+            submitted = client.train(TINY, sha, steps=args.steps, checkpoint_every=args.checkpoint_every,
+                                     learning_rate=1e-3, seed=next(seeds), **kind)
+            return picked_up(client, server, submitted)
 
-            def next_full_finetune() -> dict:
-                new_spare(client, spares)
-                return job()
+        def next_full_finetune() -> dict:
+            new_spare(client, spares)
+            return job()
 
-            lora = harness.pairs(base, lambda: job(lora=True), args.pairs)
-            if args.spare_engine == "always":
-                new_spare(client, spares)
-            first = harness.pairs(base, job, 1)
-            following = harness.pairs(base, next_full_finetune, args.pairs)
-        finally:
-            server.stop()
+        lora = harness.pairs(base, lambda: job(lora=True), args.pairs)
+        if args.spare_engine == "always":
+            new_spare(client, spares)
+        first = harness.pairs(base, job, 1)
+        following = harness.pairs(base, next_full_finetune, args.pairs)
     first_name = "spare engine" if args.spare_engine == "always" else "engine started at submission"
     for name, measured in (("LoRA job", lora), (f"first full fine-tune ({first_name})", first),
                            ("next full fine-tune (spare engine)", following)):

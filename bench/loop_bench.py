@@ -15,11 +15,9 @@ running cluster's state root, its own SLURM cluster (slurm/cluster.sh).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,17 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from llama_stack_scalarlm.config import ScalarLMConfig  # noqa: E402
-from llama_stack_scalarlm.flywheel import LoopSettings, run_loop  # noqa: E402
+from llama_stack_scalarlm.flywheel import LoopSettings, load_task, run_loop  # noqa: E402
 from llama_stack_scalarlm.models.builtin import ensure_model  # noqa: E402
 from llama_stack_scalarlm.models.store import ModelStore  # noqa: E402
-from tests.stack import ROOT, StackServer  # noqa: E402
-
-
-def load_task(path: Path):
-    spec = importlib.util.spec_from_file_location("scalarlm_task", path)
-    task = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(task)
-    return task
+from tests.stack import ROOT  # noqa: E402
 
 
 class InProcess:
@@ -144,25 +135,20 @@ def main() -> None:
         task.reward = lambda prompt, completion: float(bool(completion.strip()))
     settings = LoopSettings(rounds=1, samples=args.samples, learning_rate=args.lr, max_tokens=16)
     report = harness.Report("loop_bench", args, variant=args.model)
-    with tempfile.TemporaryDirectory() as tmp, harness.slurm(Path(tmp) / "state", args.slurm_state):
-        state = Path(tmp) / "state"
-        server = StackServer(state, served_models=[args.model], workers=1)
-        server.start(wait_for_workers=1, timeout_s=900)
-        try:
-            client = ScalarLMClient(server.url, api_key=server.token, timeout_s=600)
-            config = ScalarLMConfig.load({"state_dir": str(state)})
-            baseline = InProcess(ensure_model(ModelStore(config.models_dir), args.model), settings)
-            before = baseline.evaluate(baseline.base, task.heldout(), task.reward)
-            seeds = iter(range(args.pairs * 2))
+    with harness.served(args.slurm_state, timeout_s=900, served_models=[args.model]) as server:
+        state = server.state_dir
+        client = ScalarLMClient(server.url, api_key=server.token, timeout_s=600)
+        config = ScalarLMConfig.load({"state_dir": str(state)})
+        baseline = InProcess(ensure_model(ModelStore(config.models_dir), args.model), settings)
+        before = baseline.evaluate(baseline.base, task.heldout(), task.reward)
+        seeds = iter(range(args.pairs * 2))
 
-            def subject() -> dict:
-                seed = next(seeds)
-                return platform_round(client, args.model, task, settings.model_copy(update={"seed": seed}),
-                                      Path(tmp) / f"loop-{seed}")
+        def subject() -> dict:
+            seed = next(seeds)
+            return platform_round(client, args.model, task, settings.model_copy(update={"seed": seed}),
+                                  state / f"loop-{seed}")
 
-            measured = harness.pairs(lambda: baseline.round(task, next(seeds)), subject, args.pairs)
-        finally:
-            server.stop()
+        measured = harness.pairs(lambda: baseline.round(task, next(seeds)), subject, args.pairs)
     report.compare("one round: platform / in-process, s", "s", [(b["round_s"], s["round_s"]) for b, s in measured],
                    subject="run_loop through the distribution", baseline="transformers + peft in-process")
     for phase in ("generate_s", "train_s", "serve_s", "evaluate_s"):

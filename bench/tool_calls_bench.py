@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness  # noqa: E402
 import tool_calls_data as data  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
-from tests.stack import StackServer  # noqa: E402
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "city": {"type": "string"},
                                            "age": {"type": "integer"}},
@@ -62,48 +60,43 @@ def main() -> None:
     args = harness.parse(parser, smoke={"model": "tiny-llama", "chats": 2, "max_tokens": 4, "train_rows": 8,
                                         "held_out": 5, "steps": 2, "batch_size": 2})
     report = harness.Report("tool_calls_bench", args, variant=args.model)
-    with tempfile.TemporaryDirectory() as tmp, harness.slurm(Path(tmp) / "state", args.slurm_state):
-        state = Path(tmp) / "state"
-        server = StackServer(state, served_models=[args.model], workers=1)
-        server.start(wait_for_workers=1, timeout_s=600)
-        try:
-            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, timeout=600, max_retries=0)
-            model = f"scalarlm/{args.model}"
-            asks = data.requests(args.chats, held_out=True, seed=7)
-            plain = [{"messages": r.messages} for r in asks]
-            subjects = {
-                "forced tool call (tool_choice required)":
-                    [{"messages": r.messages, "tools": r.tools, "tool_choice": "required"} for r in asks],
-                "json_schema response format (strict)":
-                    [{"messages": r.messages, "response_format": {"type": "json_schema", "json_schema": {
-                        "name": "person", "schema": PERSON, "strict": True}}} for r in asks],
-            }
-            tokens_per_s(client, model, plain, args.max_tokens)  # warm
-            for name, requests in subjects.items():
-                measured = harness.pairs(lambda: tokens_per_s(client, model, plain, args.max_tokens),
-                                         lambda r=requests: tokens_per_s(client, model, r, args.max_tokens),
-                                         args.pairs)
-                report.compare(f"{name}, {args.chats} concurrent", "tokens/s", measured, subject=name,
-                               baseline="plain chat, same messages")
+    with harness.served(args.slurm_state, served_models=[args.model]) as server:
+        state = server.state_dir
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, timeout=600, max_retries=0)
+        model = f"scalarlm/{args.model}"
+        asks = data.requests(args.chats, held_out=True, seed=7)
+        plain = [{"messages": r.messages} for r in asks]
+        subjects = {
+            "forced tool call (tool_choice required)":
+                [{"messages": r.messages, "tools": r.tools, "tool_choice": "required"} for r in asks],
+            "json_schema response format (strict)":
+                [{"messages": r.messages, "response_format": {"type": "json_schema", "json_schema": {
+                    "name": "person", "schema": PERSON, "strict": True}}} for r in asks],
+        }
+        tokens_per_s(client, model, plain, args.max_tokens)  # warm
+        for name, requests in subjects.items():
+            measured = harness.pairs(lambda: tokens_per_s(client, model, plain, args.max_tokens),
+                                     lambda r=requests: tokens_per_s(client, model, r, args.max_tokens),
+                                     args.pairs)
+            report.compare(f"{name}, {args.chats} concurrent", "tokens/s", measured, subject=name,
+                           baseline="plain chat, same messages")
 
-            held_out = data.requests(args.held_out, held_out=True, seed=1)
-            before = data.score(client, model, held_out)
-            scalarlm = ScalarLMClient(server.url, api_key=server.token)
-            rows = state / "tool_calls.jsonl"
-            rows.write_text("".join(json.dumps(r) + "\n" for r in data.training_rows(args.train_rows)))
-            started = time.monotonic()
-            job = scalarlm.train(args.model, scalarlm.upload(rows), steps=args.steps, learning_rate=args.lr,
-                                 batch_size=args.batch_size, lora=True, lora_rank=16, max_seq_len=1024,
-                                 checkpoint_every=args.steps)
-            done = scalarlm.follow(job, poll_s=2)
-            if done.state != "COMPLETED":
-                raise SystemExit(f"training {job}: {done.state} {done.error}")
-            trained_s = time.monotonic() - started
-            harness.until(lambda: job in [m.id.removeprefix("scalarlm/") for m in client.models.list()],
-                          "the trained model", poll_s=1)
-            after = data.score(client, f"scalarlm/{job}", held_out)
-        finally:
-            server.stop()
+        held_out = data.requests(args.held_out, held_out=True, seed=1)
+        before = data.score(client, model, held_out)
+        scalarlm = ScalarLMClient(server.url, api_key=server.token)
+        rows = state / "tool_calls.jsonl"
+        rows.write_text("".join(json.dumps(r) + "\n" for r in data.training_rows(args.train_rows)))
+        started = time.monotonic()
+        job = scalarlm.train(args.model, scalarlm.upload(rows), steps=args.steps, learning_rate=args.lr,
+                             batch_size=args.batch_size, lora=True, lora_rank=16, max_seq_len=1024,
+                             checkpoint_every=args.steps)
+        done = scalarlm.follow(job, poll_s=2)
+        if done.state != "COMPLETED":
+            raise SystemExit(f"training {job}: {done.state} {done.error}")
+        trained_s = time.monotonic() - started
+        harness.until(lambda: job in [m.id.removeprefix("scalarlm/") for m in client.models.list()],
+                      "the trained model", poll_s=1)
+        after = data.score(client, f"scalarlm/{job}", held_out)
     for key in ("right_tool_valid_arguments", "exact_arguments", "no_call_when_none_fits"):
         report.value(f"held-out {key.replace('_', ' ')}: base", "fraction", [before[key]])
         report.value(f"held-out {key.replace('_', ' ')}: trained", "fraction", [after[key]])

@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .client import ScalarLMClient, api_key_from_env
+from .flywheel import LoopSettings
 from .registry.schema import TERMINAL_STATES, JobStatus
 
 
@@ -115,15 +117,12 @@ def _plot(args: argparse.Namespace) -> int:
 def _loop(args: argparse.Namespace) -> int:
     """Rounds of the flywheel on a task file that defines ``prompts(round)``, ``heldout()`` and
     ``reward(prompt, completion)``: see ``examples/addition.py``."""
-    import importlib.util
+    from .flywheel import LoopError, load_task, run_loop
 
-    from .flywheel import LoopError, LoopSettings, run_loop
-
-    spec = importlib.util.spec_from_file_location("scalarlm_task", args.task)
-    if spec is None or spec.loader is None:
-        sys.exit(f"{args.task}: not a Python file")
-    task = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(task)
+    try:
+        task = load_task(Path(args.task))
+    except LoopError as exc:
+        sys.exit(str(exc))
     settings = LoopSettings(rounds=args.rounds, samples=args.samples, method=args.method, epochs=args.epochs,
                             learning_rate=args.lr, batch_size=args.batch_size, max_tokens=args.max_tokens,
                             temperature=args.temperature, train=dict(map(_setting, args.set)))
@@ -137,6 +136,40 @@ def _loop(args: argparse.Namespace) -> int:
         print(f"round {record.round}: held-out reward {record.heldout_reward:.3f}  {record.model}  "
               f"(generate {record.generate_s:.0f} s, train {record.train_s:.0f} s, serve {record.serve_s:.0f} s)")
     print(f"records and heldout_reward.png in {args.out}")
+    return 0
+
+
+def _ailuminate(args: argparse.Namespace) -> int:
+    """Grade a model on AILuminate; the record goes to ``<out>/<run id>.json``, the chart beside it."""
+    from .safety.run_schema import AILuminateRunRequest, GuardEvaluator
+
+    request = AILuminateRunRequest(model=args.model, evaluator=GuardEvaluator(model=args.guard),
+                                   prompt_set=args.prompt_set, locale=args.locale, per_group=args.per_hazard,
+                                   hazards=args.hazard, seed=args.seed, max_tokens=args.max_tokens)
+    bar = tqdm(total=0, unit="item", disable=args.quiet)
+
+    def progress(run) -> None:
+        bar.total = 2 * run.progress.items
+        bar.n = run.progress.responses + run.progress.annotations
+        bar.set_description(f"{run.run_id}: responses {run.progress.responses}, verdicts {run.progress.annotations}")
+        bar.refresh()
+
+    run = _client(args).ailuminate(request, progress)
+    bar.close()
+    if run.record is None:
+        sys.exit(f"{run.run_id}: {run.state}: {run.error}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{run.run_id}.json").write_text(run.record.model_dump_json(indent=1))
+    from .safety.chart import grades_chart
+
+    grades_chart(run.record, out / f"{run.run_id}.png")
+    for score in [*run.record.grades.hazards, run.record.grades.overall]:
+        print(f"{score.hazard:8} {score.grade_name or 'ungraded':10} unsafe {score.unsafe_fraction} "
+              f"of {score.scored} scored, {score.errors} errors")
+    print(f"{run.record.note}\nwrote {out / run.run_id}.json and .png")
+    if run.record.consistency:
+        sys.exit("the run is not consistent: " + "; ".join(run.record.consistency))
     return 0
 
 
@@ -261,18 +294,36 @@ def main(argv: list[str] | None = None) -> int:
     loop = sub.add_parser("loop", help="rounds of sample → score → train → serve, each from the last (a task file)")
     loop.add_argument("task", help="a Python file defining prompts(round), heldout() and reward(prompt, completion)")
     loop.add_argument("--model", required=True, help="the starting model (a base model or a completed job)")
-    loop.add_argument("--rounds", type=int, default=3)
-    loop.add_argument("--samples", type=int, default=8, help="completions sampled per prompt")
-    loop.add_argument("--method", choices=["expert_iteration", "grpo"], default="expert_iteration")
-    loop.add_argument("--epochs", type=float, default=2.0, help="passes over a round's training rows")
-    loop.add_argument("--lr", type=float, default=1e-3)
-    loop.add_argument("--batch-size", type=int, default=8)
-    loop.add_argument("--max-tokens", type=int, default=16)
-    loop.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of a round's samples")
+    given = LoopSettings()  # the flags' defaults are the settings' own
+    loop.add_argument("--rounds", type=int, default=given.rounds)
+    loop.add_argument("--samples", type=int, default=given.samples, help="completions sampled per prompt")
+    loop.add_argument("--method", choices=typing.get_args(LoopSettings.model_fields["method"].annotation),
+                      default=given.method)
+    loop.add_argument("--epochs", type=float, default=given.epochs, help="passes over a round's training rows")
+    loop.add_argument("--lr", type=float, default=given.learning_rate)
+    loop.add_argument("--batch-size", type=int, default=given.batch_size)
+    loop.add_argument("--max-tokens", type=int, default=given.max_tokens)
+    loop.add_argument("--temperature", type=float, default=given.temperature,
+                      help="sampling temperature of a round's samples")
     loop.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other hyperparameter")
     loop.add_argument("--out", default="loop", help="where each round's JSON record and the PNG go (a rerun resumes)")
     loop.add_argument("--quiet", action="store_true")
     loop.set_defaults(func=_loop)
+
+    evaluate = sub.add_parser("eval", help="benchmarks of a served model").add_subparsers(dest="benchmark",
+                                                                                       required=True)
+    ailuminate = evaluate.add_parser("ailuminate", help="MLCommons AILuminate: per-hazard and overall grades")
+    ailuminate.add_argument("--model", required=True, help="the model graded (a base model or a trained job)")
+    ailuminate.add_argument("--guard", required=True, help="the evaluator: a served Llama Guard-format guard model")
+    ailuminate.add_argument("--prompt-set", default="demo", choices=["demo", "practice", "official"])
+    ailuminate.add_argument("--locale", default="en_us")
+    ailuminate.add_argument("--per-hazard", type=int, help="prompts per hazard and persona (default: all)")
+    ailuminate.add_argument("--hazard", action="append", default=[], help="a hazard to grade (default: all)")
+    ailuminate.add_argument("--seed", type=int, default=0)
+    ailuminate.add_argument("--max-tokens", type=int, default=256, help="of each response")
+    ailuminate.add_argument("--out", default="ailuminate", help="where the record (JSON) and chart (PNG) go")
+    ailuminate.add_argument("--quiet", action="store_true")
+    ailuminate.set_defaults(func=_ailuminate)
 
     squeue = sub.add_parser("squeue", help="the SLURM queue")
     squeue.set_defaults(func=_squeue)

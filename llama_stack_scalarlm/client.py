@@ -19,6 +19,7 @@ from .api.scalarlm import BulkGenerateRequest, BulkGenerateResponse, BulkResults
 from .queue.schema import GenerationResult, QueueStats, RequestStatus
 from .registry.schema import TERMINAL_STATES, JobStatus
 from .registry.uploads import UploadSession
+from .safety.run_schema import AILuminateRun, AILuminateRunRequest
 from .slurm import QueueEntry
 
 _BATCH = 5_000
@@ -244,6 +245,21 @@ class ScalarLMClient:
         response = self._http.get("/v1/scalarlm/training/squeue")
         _raise(response)
         return [QueueEntry.model_validate(e) for e in response.json()]
+
+    def ailuminate(self, request: AILuminateRunRequest,
+                   progress: Callable[[AILuminateRun], None] | None = None, poll_s: float = 2.0) -> AILuminateRun:
+        """Grade a model on AILuminate and wait for the record. A run interrupted (a server restart,
+        this call stopped) resumes where it stopped when started again: same request, same run."""
+        run = AILuminateRun.model_validate(self._post("/v1/scalarlm/safety/ailuminate", request.model_dump(mode="json")))
+        while True:
+            if progress:
+                progress(run)
+            if run.state != "running":
+                return run
+            time.sleep(poll_s)
+            response = self._http.get(f"/v1/scalarlm/safety/ailuminate/{run.run_id}")
+            _raise(response)
+            run = AILuminateRun.model_validate(response.json())
 
     def _post(self, path: str, body: dict) -> dict:
         response = self._http.post(path, json=body)

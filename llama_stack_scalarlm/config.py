@@ -80,6 +80,8 @@ class ScalarLMConfig(BaseModel):
         120.0, gt=0, description="a worker whose engine makes no step for this long loses its leases (a hung engine)"
     )
     max_attempts: int = Field(3, ge=1, description="leases of one request before it fails instead of being retried")
+    ailuminate_dir: Path | None = Field(None, description="MLCommons' AILuminate prompt sets and reference standard, "
+                                        "under their official file names; None = <state_dir>/ailuminate")
     queue_fsync: bool = Field(False, description="fsync every commit (survives power loss, not only crashes)")
 
     @property

@@ -40,6 +40,11 @@ class UnknownJobError(_NotFound):
         super().__init__(f"job_uuid: no training job {job!r}")
 
 
+class UnknownRunError(_NotFound):
+    def __init__(self, run_id: str):
+        super().__init__(f"run_id: no AILuminate run {run_id!r}")
+
+
 class UnknownUploadError(_NotFound):
     def __init__(self, upload_id: str):
         super().__init__(f"upload_id: no upload {upload_id!r} in progress")

@@ -12,12 +12,14 @@ one's model, and a round submitted again is the same content-addressed job. No t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -80,6 +82,17 @@ def run_loop(client: ScalarLMClient, model: str, prompts: Callable[[int], list[s
             bar.update(1)
     plot_rounds(records, out_dir / "heldout_reward.png")
     return records
+
+
+def load_task(path: Path) -> ModuleType:
+    """A task file: a Python module defining ``prompts(round)``, ``heldout()`` and
+    ``reward(prompt, completion)`` (see ``examples/addition.py``)."""
+    spec = importlib.util.spec_from_file_location("scalarlm_task", path)
+    if spec is None or spec.loader is None:
+        raise LoopError(f"{path}: not a Python file")
+    task = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task)
+    return task
 
 
 def _round(client: ScalarLMClient, number: int, model: str, prompts: list[str], heldout: list[str], reward: Reward,

@@ -60,6 +60,14 @@ class ServerRuntime:
         service.start_background()
         return service
 
+    @cached_property
+    def benchmarks(self):
+        """AILuminate runs: started, resumed and looked up by id."""
+        from .safety.benchmark import BenchmarkRuns
+
+        return BenchmarkRuns(self, self.config.state_dir / "safety" / "runs",
+                             self.config.ailuminate_dir or self.config.state_dir / "ailuminate")
+
     def submit(self, requests: Sequence[WorkRequest], owner: str, priority: int = BULK) -> list[str]:
         check_requests(requests, self.config.limits, self.config.max_model_len)
         return self.queue.submit(requests, owner, priority)

@@ -8,6 +8,9 @@ by the guard benchmark. No prompt text is printed: assertions compare ids, hazar
 """
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ from llama_stack_scalarlm.safety.shields import REFUSAL
 from .ailuminate import DEMO_NAME, ailuminate_dir
 from .conftest import TINY
 from .stack import StackServer
+from .test_training import wait_listed
 
 SHIELD = "ailuminate-input"
 
@@ -31,7 +35,7 @@ def taught(slurm_cluster, tmp_path_factory):
     hazardous = [p for p in sample(load_prompt_set(ailuminate_dir() / DEMO_NAME), per_group=1, seed=0)
                  if len(p.text) < 400][:8]
     benign = benign_prompts(8, seed=0)
-    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1)
+    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1, ailuminate_dir=ailuminate_dir())
     server.start(wait_for_workers=1, timeout_s=600)
     try:
         client = ScalarLMClient(server.url, timeout_s=300, api_key=server.token)
@@ -41,6 +45,7 @@ def taught(slurm_cluster, tmp_path_factory):
                            lora_rank=16, max_seq_len=1024, checkpoint_every=100)
         done = client.follow(job)
         assert done.state == "COMPLETED", done.error
+        assert wait_listed(server, f"scalarlm/{job}", timeout_s=30)
         yield server, f"scalarlm/{job}", hazardous, benign
     finally:
         server.stop()
@@ -134,3 +139,53 @@ def test_unknown_shields_guards_and_moderation_models_are_named(taught, stack_cl
         "shield_id": SHIELD, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
     assert image.status_code == 400 and "messages.0.content" in image.text, image.text
+
+
+RUN = dict(per_group=1, seed=0, max_tokens=12)  # one prompt per hazard and persona: 24
+
+
+def test_ailuminate_run_gives_a_complete_record_and_resumes_without_asking_again(taught, tmp_path):
+    """A stratified sample of the demo set on the tiny model, judged by the trained guard. That guard
+    learned the input policy only, so as a judge of replies it is often out of format: each such
+    verdict is an error left out of the score, and the consistency check fails the run for it, as
+    modelbench's does. The record is complete either way, and asking again asks nothing again."""
+    import subprocess
+
+    from llama_stack_scalarlm.safety.run_schema import AILuminateRunRequest, GuardEvaluator
+
+    server, guard, _, _ = taught
+    client = ScalarLMClient(server.url, timeout_s=300, api_key=server.token)
+    request = AILuminateRunRequest(model=TINY, evaluator=GuardEvaluator(model=guard), **RUN)
+    run = client.ailuminate(request, poll_s=0.5)
+    record = run.record
+    assert record is not None, run.error
+    assert record.items == 24 and "official" in record.note
+    assert record.evaluator == f"guard:{guard}" and record.prompt_set_sha256.startswith("63e2b654")
+    assert [s.hazard for s in record.grades.hazards] == list(HAZARDS)
+    assert all(s.scored + s.errors == 2 for s in record.grades.hazards)  # every prompt judged once
+    errors = sum(s.errors for s in record.grades.hazards)
+    assert sum(c.annotation_errors for c in record.counts.values()) == errors
+    assert (run.state == "failed") == (100 * errors >= 3 * 24) == bool(record.consistency), record.consistency
+    journal = server.state_dir / "safety" / "runs" / run.run_id / "journal.jsonl"
+    assert len(journal.read_text().splitlines()) == 48  # a response and a verdict per prompt
+    assert client.ailuminate(request).run_id == run.run_id
+    assert len(journal.read_text().splitlines()) == 48
+
+    cli = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", server.url, "eval", "ailuminate",
+                          "--model", TINY, "--guard", guard, "--per-hazard", "1", "--max-tokens", "12",
+                          "--out", str(tmp_path), "--quiet"], env={**os.environ, "SCALARLM_API_KEY": server.token},
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == (1 if record.consistency else 0), cli.stderr[-2000:]
+    assert (tmp_path / f"{run.run_id}.json").exists() and (tmp_path / f"{run.run_id}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("change, field", [({"per_group": 0}, "per_group"), ({"hazards": ["xyz"]}, "hazards"),
+                                           ({"locale": "de_de"}, "locale"), ({"model": "no-such-model"}, "model"),
+                                           ({"prompt_set": "practice"}, "prompt_set")])
+def test_bad_ailuminate_requests_name_their_field(taught, change, field):
+    server, guard, _, _ = taught
+    body = {"model": TINY, "evaluator": {"type": "guard", "model": guard}, **RUN, **change}
+    answer = httpx.post(f"{server.url}/v1/scalarlm/safety/ailuminate", headers=server.headers, json=body)
+    assert answer.status_code in (400, 404, 422) and field in answer.text, answer.text
+    unknown = httpx.get(f"{server.url}/v1/scalarlm/safety/ailuminate/ailum-{'0' * 24}", headers=server.headers)
+    assert unknown.status_code == 404 and "run_id" in unknown.text

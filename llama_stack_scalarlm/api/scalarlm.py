@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from ..queue.schema import QueueStats, RequestId, RequestStatus
 from ..registry.schema import JobStatus
 from ..registry.uploads import UploadSession
+from ..safety.run_schema import AILuminateRun, AILuminateRunRequest
 from ..slurm import QueueEntry
 from .bounded import bounded_route_class
 from .worker import WorkerProtocol, create_worker_router
@@ -102,6 +103,8 @@ class ScalarLM(WorkerProtocol, Protocol):
     async def training_job(self, job_id: str) -> JobStatus: ...
     async def training_log(self, job_id: str, offset: int) -> LogChunk: ...
     async def slurm_queue(self) -> list[QueueEntry]: ...
+    async def start_ailuminate(self, request: AILuminateRunRequest) -> AILuminateRun: ...
+    async def ailuminate_run(self, run_id: str) -> AILuminateRun: ...
     def request_body_limit(self) -> int: ...
 
 
@@ -169,6 +172,15 @@ def create_router(impl: ScalarLM) -> APIRouter:
     @router.get("/training/squeue", response_model=list[QueueEntry], summary="The SLURM queue")
     async def slurm_queue() -> list[QueueEntry]:
         return await impl.slurm_queue()
+
+    @router.post("/safety/ailuminate", response_model=AILuminateRun,
+                 summary="Grade a model on AILuminate (or resume the same run, or return it when done)")
+    async def start_ailuminate(request: AILuminateRunRequest) -> AILuminateRun:
+        return await impl.start_ailuminate(request)
+
+    @router.get("/safety/ailuminate/{run_id}", response_model=AILuminateRun, summary="A run's progress and record")
+    async def ailuminate_run(run_id: str) -> AILuminateRun:
+        return await impl.ailuminate_run(run_id)
 
     streamed = APIRouter(prefix=PREFIX, tags=["scalarlm"])  # a streamed body: bounded by the upload's size
 

@@ -32,6 +32,7 @@ from llama_stack_scalarlm.queue.store import BULK
 from llama_stack_scalarlm.registry.schema import JobStatus
 from llama_stack_scalarlm.registry.uploads import UploadSession
 from llama_stack_scalarlm.runtime import ServerRuntime
+from llama_stack_scalarlm.safety.run_schema import AILuminateRun, AILuminateRunRequest
 from llama_stack_scalarlm.slurm import QueueEntry
 
 from ..principal import principal
@@ -130,6 +131,12 @@ class ScalarLMProvider:
 
     async def slurm_queue(self) -> list[QueueEntry]:
         return await asyncio.to_thread(self.runtime.training.slurm.queue)
+
+    async def start_ailuminate(self, request: AILuminateRunRequest) -> AILuminateRun:
+        return await self.runtime.benchmarks.start(request, principal())
+
+    async def ailuminate_run(self, run_id: str) -> AILuminateRun:
+        return self.runtime.benchmarks.status(run_id, principal())
 
     def _upload(self, upload_id: str) -> UploadSession:
         try:

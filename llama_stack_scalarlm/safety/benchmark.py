@@ -1,0 +1,217 @@
+"""The AILuminate benchmark on any served model: sample the prompt set, generate every response
+through the queue (bulk priority, all at once, so the engine stays full), have the evaluator judge
+each response, and grade per hazard and overall.
+
+A run is a folder under ``<state_dir>/safety/runs/<run id>``, the id hashing what determines its
+result (the request and the prompt set's sha256), so asking again resumes it: the journal
+(``journal.jsonl``) records every response and verdict as it arrives, and a resumed run asks
+neither again. The journal holds responses and prompt ids, never a prompt's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from ..errors import InvalidFieldError, UnknownRunError
+from ..queue.schema import GenerationRequest
+from ..queue.store import BULK
+from ..runtime import ServerRuntime
+from .grading import check_consistency, load_reference, score
+from .guard import GuardVerdict, Turn
+from .hazards import HAZARDS
+from .judge import GuardFailure, judge
+from .prompt_set import Prompt, PromptSetError, load_prompt_set, official_file_name, sample
+from .run_schema import AILuminateRecord, AILuminateRun, AILuminateRunRequest, HazardCounts, Progress
+
+REFERENCE_FILE = "reference-standard-v1.1.json"  # the demo and practice sets' standard, beside the prompt sets
+_RUN_ID = re.compile(r"ailum-[0-9a-f]{24}")
+
+
+class BenchmarkRuns:
+    """Every run of this server: started, resumed, and looked up by id (the caller's own only)."""
+
+    def __init__(self, runtime: ServerRuntime, root: Path, prompt_sets: Path):
+        self.runtime, self.root, self.prompt_sets = runtime, root, prompt_sets
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._progress: dict[str, Progress] = {}
+        self._errors: dict[str, str] = {}
+
+    async def start(self, request: AILuminateRunRequest, owner: str) -> AILuminateRun:
+        """Starts the run, or resumes it, or returns it when it is running or finished."""
+        path = self._prompt_set_path(request)
+        prompt_set = _load(path, request.locale)
+        items = _sample(prompt_set, request)
+        self.runtime.catalogue.resolve(request.model)  # unknown models: a 404 now, not a failed run later
+        self.runtime.catalogue.resolve(request.evaluator.model)
+        run_id = "ailum-" + hashlib.sha256(json.dumps(
+            [request.model_dump(mode="json"), prompt_set.sha256]).encode()).hexdigest()[:24]
+        folder = self.root / run_id
+        if not (folder / "record.json").exists() and run_id not in self._tasks:
+            self._errors.pop(run_id, None)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "request.json").write_text(json.dumps({"owner": owner, "request": request.model_dump(mode="json")}))
+            self._tasks[run_id] = asyncio.create_task(
+                self._run(run_id, folder, request, prompt_set.sha256, items, owner, path.parent))
+        return self.status(run_id, owner)
+
+    def status(self, run_id: str, owner: str) -> AILuminateRun:
+        folder = self.root / run_id
+        try:
+            if not _RUN_ID.fullmatch(run_id) or json.loads((folder / "request.json").read_text())["owner"] != owner:
+                raise FileNotFoundError
+        except (FileNotFoundError, ValueError):
+            raise UnknownRunError(run_id) from None
+        if (folder / "record.json").exists():
+            record = AILuminateRecord.model_validate_json((folder / "record.json").read_text())
+            done = Progress(items=record.items, responses=record.items, annotations=record.items)
+            return AILuminateRun(run_id=run_id, state="failed" if record.consistency else "completed",
+                                 progress=done, record=record,
+                                 error="; ".join(record.consistency) or None)
+        progress = self._progress.get(run_id, Progress(items=0, responses=0, annotations=0))
+        if run_id in self._errors:
+            return AILuminateRun(run_id=run_id, state="failed", progress=progress, error=self._errors[run_id])
+        if run_id not in self._tasks:  # started by a server that has since stopped: ask again to resume
+            return AILuminateRun(run_id=run_id, state="failed", progress=progress,
+                                 error="interrupted: start the same run again to resume it")
+        return AILuminateRun(run_id=run_id, state="running", progress=progress)
+
+    def _prompt_set_path(self, request: AILuminateRunRequest) -> Path:
+        try:
+            name = official_file_name(request.prompt_set, request.locale)
+        except PromptSetError as exc:
+            raise InvalidFieldError("locale", str(exc)) from None
+        path = self.prompt_sets / name
+        if not path.is_file():
+            raise InvalidFieldError("prompt_set", f"{name} is not in the server's prompt-set folder "
+                                                  "(ailuminate_dir in the config)")
+        return path
+
+    async def _run(self, run_id: str, folder: Path, request: AILuminateRunRequest, sha256: str,
+                   items: list[Prompt], owner: str, data: Path) -> None:
+        started = time.time()
+        journal = Journal(folder / "journal.jsonl")
+        progress = self._progress[run_id] = Progress(items=len(items), responses=len(journal.responses),
+                                                     annotations=len(journal.verdicts))
+        model = self.runtime.catalogue.resolve(request.model)
+        guard = self.runtime.catalogue.resolve(request.evaluator.model)
+
+        async def one(prompt: Prompt) -> None:
+            if prompt.id not in journal.responses:
+                journal.respond(prompt.id, await self._respond(model, prompt, request, owner))
+                progress.responses += 1
+            if prompt.id not in journal.verdicts:
+                response = journal.responses[prompt.id]
+                if response["error"] is not None:  # nothing to judge: an error, never a verdict
+                    verdict = GuardFailure(error=f"no response: {response['error']}")
+                else:
+                    conversation = [Turn(role="user", content=prompt.text),
+                                    Turn(role="assistant", content=response["text"])]
+                    verdict = (await judge(self.runtime, owner, guard, [conversation], list(HAZARDS), BULK))[0]
+                journal.annotate(prompt.id, request.evaluator.name, verdict)
+                progress.annotations += 1
+
+        try:
+            await asyncio.gather(*(one(prompt) for prompt in items))
+            record = _record(run_id, request, sha256, items, journal, load_reference(data / REFERENCE_FILE),
+                             started)
+            (folder / "record.json.tmp").write_text(record.model_dump_json(indent=1))
+            (folder / "record.json.tmp").replace(folder / "record.json")
+        except Exception as exc:  # noqa: BLE001 (reported by status; starting the run again resumes it)
+            self._errors[run_id] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._tasks.pop(run_id, None)
+
+    async def _respond(self, model: str, prompt: Prompt, request: AILuminateRunRequest, owner: str) -> dict:
+        ask = GenerationRequest(kind="chat", model=model, messages=[{"role": "user", "content": prompt.text}],
+                                max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed)
+        request_id = self.runtime.submit([ask], owner, BULK)[0]
+        try:
+            result = await self.runtime.queue.wait(request_id, owner, self.runtime.config.limits.request_timeout_s)
+        except (TimeoutError, KeyError) as exc:
+            return {"text": None, "error": f"{type(exc).__name__}: {exc}"}
+        if result.error is not None:
+            return {"text": None, "error": result.error.message}
+        return {"text": result.choices[0].text, "error": None}
+
+
+class Journal:
+    """Append-only steps of a run, one JSON line each, read back whole on resume; a torn last line
+    (a crash mid-write) is dropped, so that step is simply done again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.responses: dict[str, dict] = {}
+        self.verdicts: dict[str, dict] = {}
+        self.steps: Counter = Counter()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    step = json.loads(line)
+                except ValueError:
+                    continue
+                self._apply(step)
+        self._file = open(path, "a")
+
+    def respond(self, prompt_id: str, response: dict) -> None:
+        self._write({"step": "response", "id": prompt_id, **response})
+
+    def annotate(self, prompt_id: str, evaluator: str, verdict: GuardVerdict | GuardFailure) -> None:
+        if isinstance(verdict, GuardFailure):
+            self._write({"step": "annotation", "id": prompt_id, "evaluator": evaluator, "safe": None,
+                         "error": verdict.error})
+        else:
+            self._write({"step": "annotation", "id": prompt_id, "evaluator": evaluator, "safe": verdict.safe,
+                         "hazards": verdict.hazards, "unsafe_probability": verdict.unsafe_probability})
+
+    def _write(self, step: dict) -> None:
+        self._file.write(json.dumps(step) + "\n")
+        self._file.flush()
+        self._apply(step)
+
+    def _apply(self, step: dict) -> None:
+        self.steps[(step["step"], step["id"])] += 1
+        (self.responses if step["step"] == "response" else self.verdicts)[step["id"]] = step
+
+
+def _record(run_id: str, request: AILuminateRunRequest, sha256: str, items: list[Prompt], journal: Journal,
+            reference: dict[str, float], started: float) -> AILuminateRecord:
+    counts = {hazard: HazardCounts() for hazard in request.hazards}
+    verdicts = []
+    for prompt in items:
+        response, verdict = journal.responses[prompt.id], journal.verdicts[prompt.id]
+        tally = counts[prompt.hazard]
+        tally.responses += 1
+        tally.response_errors += response["error"] is not None
+        tally.empty_responses += response["error"] is None and not (response["text"] or "").strip()
+        tally.annotation_errors += verdict["safe"] is None
+        verdicts.append((prompt.hazard, verdict["safe"]))
+    ids = [prompt.id for prompt in items]
+    evaluator = request.evaluator.name
+    invalid = sum(verdict["safe"] is None for verdict in journal.verdicts.values())
+    consistency = check_consistency(
+        ids, {pid: journal.steps[("response", pid)] for pid in ids},
+        {evaluator: {pid: journal.steps[("annotation", pid)] for pid in ids}}, {evaluator: invalid})
+    return AILuminateRecord(
+        run_id=run_id, model=request.model, evaluator=evaluator, prompt_set=request.prompt_set,
+        prompt_set_sha256=sha256, locale=request.locale, per_group=request.per_group, seed=request.seed,
+        items=len(items), grades=score(verdicts, {h: reference[h] for h in request.hazards}), counts=counts,
+        consistency=consistency, finished=time.time(), seconds=time.time() - started)
+
+
+def _load(path: Path, locale: str):
+    try:
+        return load_prompt_set(path, locale)
+    except PromptSetError as exc:
+        raise InvalidFieldError("prompt_set", str(exc)) from None
+
+
+def _sample(prompt_set, request: AILuminateRunRequest) -> list[Prompt]:
+    try:
+        return sample(prompt_set, request.per_group, request.seed, hazards=request.hazards)
+    except PromptSetError as exc:
+        raise InvalidFieldError("per_group", str(exc)) from None

@@ -1,0 +1,83 @@
+"""What crosses the wire for an AILuminate run: the request, its progress, its record."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .grading import Grades
+from .hazards import HAZARDS, hazards_of
+
+OFFICIAL_NOTE = ("Only MLCommons' official evaluator gives official AILuminate grades; these grades come from the "
+                 "evaluator named here.")
+
+
+class GuardEvaluator(BaseModel):
+    """A Llama Guard-format guard judging each (prompt, response) pair: the response is the turn judged."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["guard"] = "guard"
+    model: str = Field(..., description="a served guard model: base, trained job id or 'latest'")
+
+    @property
+    def name(self) -> str:
+        return f"guard:{self.model}"
+
+
+class AILuminateRunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="the model graded: a base model or a trained job id")
+    evaluator: GuardEvaluator
+    prompt_set: Literal["demo", "practice", "official"] = "demo"
+    locale: str = Field("en_us", description="en_us, fr_fr or zh_cn (the demo set: en_us, fr_fr)")
+    per_group: int | None = Field(None, ge=1, description="prompts per (hazard, persona); None: all")
+    hazards: list[str] = Field(default_factory=lambda: list(HAZARDS), description="[] = all")
+    seed: int = 0
+    max_tokens: int = Field(256, ge=1, description="of each response")
+    temperature: float = Field(0.01, ge=0, le=2, description="modelbench asks its systems at 0.01")
+
+    @field_validator("hazards")
+    @classmethod
+    def _known(cls, hazards: list[str]) -> list[str]:
+        return hazards_of(hazards)
+
+
+class Progress(BaseModel):
+    items: int
+    responses: int
+    annotations: int
+
+
+class HazardCounts(BaseModel):
+    responses: int = 0
+    empty_responses: int = 0
+    response_errors: int = 0
+    annotation_errors: int = 0
+
+
+class AILuminateRecord(BaseModel):
+    run_id: str
+    model: str
+    evaluator: str
+    note: str = OFFICIAL_NOTE
+    prompt_set: str
+    prompt_set_sha256: str
+    locale: str
+    per_group: int | None
+    seed: int
+    items: int
+    grades: Grades
+    counts: dict[str, HazardCounts]
+    consistency: list[str] = Field(..., description="problems that make the run unfit to grade (empty: consistent)")
+    finished: float
+    seconds: float
+
+
+class AILuminateRun(BaseModel):
+    run_id: str
+    state: Literal["running", "completed", "failed"]
+    progress: Progress
+    error: str | None = None
+    record: AILuminateRecord | None = None
