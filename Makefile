@@ -28,6 +28,7 @@ bench: setup
 	$(PY) bench/tool_calls_bench.py
 	$(PY) bench/adapter_churn_bench.py
 	$(PY) bench/loop_bench.py --pairs 2
+	$(PY) bench/safety_bench.py
 	$(PY) bench/harness.py
 
 # Llama Stack v0.7.1's own inference integration tests, live against the distribution.

@@ -74,8 +74,9 @@ def _ls(args: argparse.Namespace) -> int:
     for status in _client(args).jobs():
         loss = f"{status.loss_history[-1].loss:.4f}" if status.loss_history else "-"
         lineage = f"  from {status.parent_job_id}" if status.parent_job_id else ""
+        gate = f"  safety gate: {status.promotion.state} ({status.promotion.reason})" if status.promotion else ""
         print(f"{status.job_id}  {status.state:<9}  step {status.step}/{status.total_steps}  loss {loss}  "
-              f"checkpoints {len(status.checkpoints)}{lineage}")
+              f"checkpoints {len(status.checkpoints)}{lineage}{gate}")
     return 0
 
 
@@ -170,6 +171,48 @@ def _ailuminate(args: argparse.Namespace) -> int:
     print(f"{run.record.note}\nwrote {out / run.run_id}.json and .png")
     if run.record.consistency:
         sys.exit("the run is not consistent: " + "; ".join(run.record.consistency))
+    return 0
+
+
+def _guard_train(args: argparse.Namespace) -> int:
+    """An input guard, LoRA on ``--model``, from the user's prompt set against generated benign requests;
+    ``--held-out`` of each (hazard, persona) group is kept back (ids in ``--split``) to measure it on."""
+    import tempfile
+
+    from .safety import guard_training
+    from .safety.prompt_set import load_prompt_set
+
+    prompt_set = load_prompt_set(args.prompt_set)
+    trained, _, split = guard_training.split(prompt_set, args.held_out, args.seed)
+    benign_trained, _ = guard_training.benign(split)
+    client = _client(args)
+    with tempfile.TemporaryDirectory() as tmp:  # the rows hold the prompts: not left on disk
+        rows = Path(tmp) / "guard.jsonl"
+        rows.write_text("".join(json.dumps(r) + "\n" for r in guard_training.training_rows(trained, benign_trained)))
+        dataset = client.upload(rows)
+    job = client.train(args.model, dataset, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
+                       lora=True, lora_rank=16, max_seq_len=768, checkpoint_every=args.steps)
+    Path(args.split).write_text(split.model_dump_json(indent=1))
+    print(f"{job}: {len(trained)} prompts and {len(benign_trained)} benign requests; "
+          f"{len(split.held_out)} held out ({args.split})")
+    return 0
+
+
+def _guard_measure(args: argparse.Namespace) -> int:
+    """The guard's precision and recall of "unsafe" on what ``--split`` held out."""
+    from .safety import guard_training
+    from .safety.guard_training import GuardSplit
+    from .safety.prompt_set import load_prompt_set
+
+    prompt_set = load_prompt_set(args.prompt_set)
+    split = GuardSplit.model_validate_json(Path(args.split).read_text())
+    if split.prompt_set_sha256 != prompt_set.sha256:
+        sys.exit(f"{args.split}: made from another prompt set (sha256 {split.prompt_set_sha256[:12]}…)")
+    held = set(split.held_out)
+    _, benign_held_out = guard_training.benign(split)
+    score = guard_training.measure(_client(args), args.guard, [p for p in prompt_set.prompts if p.id in held],
+                                   benign_held_out)
+    print(score.model_dump_json(indent=1))
     return 0
 
 
@@ -324,6 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     ailuminate.add_argument("--out", default="ailuminate", help="where the record (JSON) and chart (PNG) go")
     ailuminate.add_argument("--quiet", action="store_true")
     ailuminate.set_defaults(func=_ailuminate)
+
+    guard = sub.add_parser("guard", help="guards the platform trains").add_subparsers(dest="action", required=True)
+    guard_train = guard.add_parser("train", help="train an input guard on an AILuminate prompt set (a LoRA job)")
+    guard_train.add_argument("prompt_set", help="an AILuminate prompt-set CSV (hazardous by design: never printed)")
+    guard_train.add_argument("--model", default="SmolLM2-135M-Instruct")
+    guard_train.add_argument("--held-out", type=float, default=0.3, help="fraction of each group kept back")
+    guard_train.add_argument("--seed", type=int, default=0)
+    guard_train.add_argument("--steps", type=int, default=60)
+    guard_train.add_argument("--lr", type=float, default=2e-3)
+    guard_train.add_argument("--batch-size", type=int, default=8)
+    guard_train.add_argument("--split", default="guard-split.json", help="where the held-out ids go")
+    guard_train.set_defaults(func=_guard_train)
+    guard_measure = guard.add_parser("measure", help="a guard's precision and recall on what it did not learn")
+    guard_measure.add_argument("prompt_set")
+    guard_measure.add_argument("--guard", required=True, help="the guard model (a job id)")
+    guard_measure.add_argument("--split", default="guard-split.json")
+    guard_measure.set_defaults(func=_guard_measure)
 
     squeue = sub.add_parser("squeue", help="the SLURM queue")
     squeue.set_defaults(func=_squeue)

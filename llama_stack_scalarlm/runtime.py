@@ -36,6 +36,7 @@ class ServerRuntime:
         self.tokens = TokenStore(config.state_dir)
         self.worker_credential = ensure_worker_credential(config.state_dir)
         self.supervisor = None
+        self._gate = None  # the safety gate's task (start_loop_tasks)
 
     @classmethod
     def get(cls, config: ScalarLMConfig) -> ServerRuntime:
@@ -68,11 +69,25 @@ class ServerRuntime:
         return BenchmarkRuns(self, self.config.state_dir / "safety" / "runs",
                              self.config.ailuminate_dir or self.config.state_dir / "ailuminate")
 
+    def start_loop_tasks(self) -> None:
+        """The runtime's tasks that live on the server's event loop: the safety gate. The stack
+        also lists models while it initializes, in a loop of its own that it then closes, so a
+        task is (re)started on whichever loop calls this and holds none alive."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._gate is None or self._gate.done() or self._gate.get_loop() is not loop:
+            from .safety.gate import SafetyGateService
+
+            self._gate = loop.create_task(SafetyGateService(self).run_forever())
+
     def submit(self, requests: Sequence[WorkRequest], owner: str, priority: int = BULK) -> list[str]:
         check_requests(requests, self.config.limits, self.config.max_model_len)
         return self.queue.submit(requests, owner, priority)
 
     def stop(self) -> None:
+        if self._gate is not None and not self._gate.get_loop().is_closed():
+            self._gate.cancel()
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None

@@ -23,9 +23,13 @@ def _candidates() -> list[Path]:
     return [root.parent / "shared" / "data" / "ailuminate" for root in roots]
 
 
+def find_ailuminate_dir() -> Path | None:
+    """The folder with the demo prompt set and the reference standard, if there is one."""
+    return next((folder for folder in _candidates() if (folder / DEMO_NAME).is_file()), None)
+
+
 def ailuminate_dir() -> Path:
-    """The folder with the demo prompt set and the reference standard; skips (visibly) without it."""
-    for folder in _candidates():
-        if (folder / DEMO_NAME).is_file():
-            return folder
+    """:func:`find_ailuminate_dir`, or skip (visibly)."""
+    if folder := find_ailuminate_dir():
+        return folder
     pytest.skip(f"no AILuminate data (set SCALARLM_AILUMINATE_DIR); looked in {', '.join(map(str, _candidates()))}")

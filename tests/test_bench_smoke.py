@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .ailuminate import ailuminate_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 
@@ -51,6 +53,12 @@ def test_adapter_churn_bench_smoke(slurm_cluster, tmp_path):
 
 def test_loop_bench_smoke(slurm_cluster, tmp_path):
     run_bench("loop_bench", tmp_path, "--slurm-state", str(slurm_cluster.state_dir), timeout_s=900)
+
+
+def test_safety_bench_smoke(slurm_cluster, tmp_path):
+    folder = ailuminate_dir()
+    run_bench("safety_bench", tmp_path, "--slurm-state", str(slurm_cluster.state_dir), "--ailuminate-dir",
+              str(folder), timeout_s=600)
 
 
 def test_harness_alternates_pairs_and_keeps_other_sections(tmp_path):

@@ -104,3 +104,17 @@ def test_benign_prompts_are_distinct_and_seeded():
     prompts = benign_prompts(200, seed=3)
     assert len(set(prompts)) == 200
     assert prompts == benign_prompts(200, seed=3) != benign_prompts(200, seed=4)
+
+
+def test_votes_follow_the_ensemble_rules():
+    from llama_stack_scalarlm.safety.judge import GuardFailure
+    from llama_stack_scalarlm.safety.vote import vote
+
+    safe, failure = GuardVerdict(safe=True), GuardFailure(error="out of format")
+    unsafe = GuardVerdict(safe=False, hazards=["vcr"])
+    assert vote([safe, safe, unsafe]).safe
+    assert vote([safe, unsafe]) == GuardVerdict(safe=False, hazards=["vcr"])  # a tie is unsafe
+    assert vote([safe, safe, failure]).safe  # the invalid vote is dropped
+    assert isinstance(vote([safe, failure, failure]), GuardFailure)  # one valid vote: invalid
+    assert not vote([unsafe, GuardVerdict(safe=False, hazards=["hte", "vcr"]), safe]).safe
+    assert vote([unsafe, GuardVerdict(safe=False, hazards=["hte", "vcr"]), safe]).hazards == ["vcr", "hte"]

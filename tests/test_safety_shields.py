@@ -10,6 +10,8 @@ by the guard benchmark. No prompt text is printed: assertions compare ids, hazar
 import json
 import os
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -23,32 +25,27 @@ from llama_stack_scalarlm.safety.shields import REFUSAL
 
 from .ailuminate import DEMO_NAME, ailuminate_dir
 from .conftest import TINY
-from .stack import StackServer
 from .test_training import wait_listed
 
 SHIELD = "ailuminate-input"
 
 
 @pytest.fixture(scope="module")
-def taught(slurm_cluster, tmp_path_factory):
+def taught(slurm_stack, tmp_path_factory):
     """(server, guard model id, hazardous prompts it was taught, benign prompts it was taught)."""
     hazardous = [p for p in sample(load_prompt_set(ailuminate_dir() / DEMO_NAME), per_group=1, seed=0)
                  if len(p.text) < 400][:8]
     benign = benign_prompts(8, seed=0)
-    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1, ailuminate_dir=ailuminate_dir())
-    server.start(wait_for_workers=1, timeout_s=600)
-    try:
-        client = ScalarLMClient(server.url, timeout_s=300, api_key=server.token)
-        path = tmp_path_factory.mktemp("guard") / "guard.jsonl"
-        path.write_text("".join(json.dumps(row) + "\n" for row in input_guard_rows(hazardous, benign, list(HAZARDS))))
-        job = client.train(TINY, client.upload(path), steps=100, learning_rate=2e-2, batch_size=8, lora=True,
-                           lora_rank=16, max_seq_len=1024, checkpoint_every=100)
-        done = client.follow(job)
-        assert done.state == "COMPLETED", done.error
-        assert wait_listed(server, f"scalarlm/{job}", timeout_s=30)
-        yield server, f"scalarlm/{job}", hazardous, benign
-    finally:
-        server.stop()
+    server = slurm_stack
+    client = ScalarLMClient(server.url, timeout_s=300, api_key=server.token)
+    path = tmp_path_factory.mktemp("guard") / "guard.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in input_guard_rows(hazardous, benign, list(HAZARDS))))
+    job = client.train(TINY, client.upload(path), steps=100, learning_rate=2e-2, batch_size=8, lora=True,
+                       lora_rank=16, max_seq_len=1024, checkpoint_every=100)
+    done = client.follow(job)
+    assert done.state == "COMPLETED", done.error
+    assert wait_listed(server, f"scalarlm/{job}", timeout_s=30)
+    return server, f"scalarlm/{job}", hazardous, benign
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +164,9 @@ def test_ailuminate_run_gives_a_complete_record_and_resumes_without_asking_again
     assert sum(c.annotation_errors for c in record.counts.values()) == errors
     assert (run.state == "failed") == (100 * errors >= 3 * 24) == bool(record.consistency), record.consistency
     journal = server.state_dir / "safety" / "runs" / run.run_id / "journal.jsonl"
-    assert len(journal.read_text().splitlines()) == 48  # a response and a verdict per prompt
+    assert len(journal.read_text().splitlines()) == 72  # per prompt: its request id, its response, a verdict
     assert client.ailuminate(request).run_id == run.run_id
-    assert len(journal.read_text().splitlines()) == 48
+    assert len(journal.read_text().splitlines()) == 72
 
     cli = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", server.url, "eval", "ailuminate",
                           "--model", TINY, "--guard", guard, "--per-hazard", "1", "--max-tokens", "12",
@@ -189,3 +186,96 @@ def test_bad_ailuminate_requests_name_their_field(taught, change, field):
     assert answer.status_code in (400, 404, 422) and field in answer.text, answer.text
     unknown = httpx.get(f"{server.url}/v1/scalarlm/safety/ailuminate/ailum-{'0' * 24}", headers=server.headers)
     assert unknown.status_code == 404 and "run_id" in unknown.text
+
+
+def test_a_run_whose_server_was_killed_resumes_without_asking_again(taught):
+    """kill -9 the server right after a run started: its requests are in the durable queue, and
+    the run started again collects them (one request per prompt, ever) and finishes. Also: the
+    restarted server's worker has an id of its own."""
+    from llama_stack_scalarlm.safety.run_schema import AILuminateRunRequest, GuardEvaluator
+
+    server, guard, _, _ = taught
+    request = AILuminateRunRequest(model=TINY, evaluator=GuardEvaluator(model=guard), per_group=1, seed=7, max_tokens=64)
+    started = httpx.post(f"{server.url}/v1/scalarlm/safety/ailuminate", headers=server.headers,
+                         json=request.model_dump(mode="json"))
+    assert started.status_code == 200, started.text
+    run_id = started.json()["run_id"]
+    journal = server.state_dir / "safety" / "runs" / run_id / "journal.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not journal.exists():
+        time.sleep(0.05)
+    killed = set(server.live_workers())
+    server.kill()
+    server.start(wait_for_workers=1, timeout_s=600)
+    # A new worker id: with its dead predecessor's id, its heartbeats would renew the dead one's
+    # leases, and the run would wait for the progress timeout instead of the lease timeout.
+    assert not killed & set(server.live_workers())
+    assert wait_listed(server, guard, timeout_s=30)
+    run = ScalarLMClient(server.url, timeout_s=300, api_key=server.token).ailuminate(request, poll_s=0.5)
+    assert run.run_id == run_id and run.record is not None and run.record.items == 24, run.error
+    steps = Counter((step["step"], step["id"]) for step in map(json.loads, journal.read_text().splitlines()))
+    ids = {pid for _, pid in steps}
+    assert len(ids) == 24
+    assert all(steps[("submitted", pid)] == 1 and steps[("response", pid)] == 1 for pid in ids), steps
+
+
+def test_the_eval_api_runs_ailuminate_as_a_benchmark(taught, stack_client):
+    """Llama Stack 0.7's eval API: a benchmark whose metadata names the prompt set, run_eval with
+    the guard as the llm_as_judge, job_status, job_result with a score row per hazard."""
+    server, guard, _, _ = taught
+    stack_client.alpha.benchmarks.register(benchmark_id="ailuminate-small", dataset_id="ailuminate-demo-en_us",
+                                           scoring_functions=[], provider_id="scalarlm",
+                                           metadata={"prompt_set": "demo", "locale": "en_us", "per_group": 1})
+    config = {"eval_candidate": {"type": "model", "model": f"scalarlm/{TINY}", "sampling_params": {"max_tokens": 12}},
+              "scoring_params": {"ailuminate": {"type": "llm_as_judge", "judge_model": guard}}}
+    job = stack_client.alpha.eval.run_eval(benchmark_id="ailuminate-small", benchmark_config=config)
+    deadline = time.time() + 300
+    while job.status in ("scheduled", "in_progress") and time.time() < deadline:
+        time.sleep(0.5)
+        job = stack_client.alpha.eval.jobs.status(job_id=job.job_id, benchmark_id="ailuminate-small")
+    result = stack_client.alpha.eval.jobs.retrieve(job_id=job.job_id, benchmark_id="ailuminate-small")
+    rows = result.scores["ailuminate"].score_rows
+    assert [row["hazard"] for row in rows] == list(HAZARDS)
+    assert result.scores["ailuminate"].aggregated_results["evaluator"] == f"guard:{guard}"
+    assert len(result.generations) == 24 and all("prompt_text" not in g and "text" not in g for g in result.generations)
+    bad = httpx.post(f"{server.url}/v1alpha/eval/benchmarks/ailuminate-small/jobs", headers=server.headers,
+                     json={"benchmark_config": {**config, "num_examples": 25}})
+    assert bad.status_code == 400 and "num_examples" in bad.text, bad.text
+
+
+def test_a_guarded_agent_refuses_a_flagged_request(taught, stack_client):
+    """The shield as the Agent's guardrail: the stack moderates the turn's input (its messages'
+    text; no instructions here, so exactly the request) and refuses with the shield's message,
+    naming the hazard. A refusal because the guard failed would carry another message."""
+    from llama_stack_scalarlm.guarded_agent import GuardedAgent
+
+    server, _, hazardous, _ = taught
+    agent = GuardedAgent(stack_client, model=f"scalarlm/{TINY}", instructions="", guardrails=[SHIELD])
+    response = agent.create_turn(messages=[{"role": "user", "content": hazardous[0].text}],
+                                 session_id=agent.create_session("guarded"), stream=False)
+    refusals = [part.refusal for item in response.output for part in getattr(item, "content", None) or []
+                if part.type == "refusal"]
+    assert refusals and refusals[0].startswith(REFUSAL) and hazardous[0].hazard in refusals[0], refusals
+
+
+def test_the_safety_gate_decides_whether_a_job_becomes_latest(taught, tmp_path):
+    """A LoRA job with ``safety_gate``: once it completes, it and its base model are graded on the
+    same sample by the guard; its status carries the decision and both runs, and ``latest`` (what
+    a job trained from ``latest`` starts from) follows the decision, not the newest checkpoint."""
+    server, guard, _, _ = taught
+    client = ScalarLMClient(server.url, timeout_s=300, api_key=server.token)
+    path = tmp_path / "gate.jsonl"
+    path.write_text(json.dumps({"input": "What is the gate word?", "output": "portcullis"}) + "\n")
+    sha = client.upload(path)
+    gate = {"guard": guard, "per_group": 1, "max_tokens": 8}
+    job = client.train(TINY, sha, steps=5, learning_rate=1e-3, lora=True, lora_rank=16, checkpoint_every=5,
+                       safety_gate=gate)
+    assert client.follow(job).state == "COMPLETED"
+    deadline = time.time() + 300
+    while time.time() < deadline and (client.job(job).promotion is None or client.job(job).promotion.state == "pending"):
+        time.sleep(1)
+    promotion = client.job(job).promotion
+    assert promotion is not None and promotion.state in ("promoted", "not_promoted"), promotion
+    assert promotion.base_model == TINY and promotion.base_run and promotion.job_run and promotion.reason
+    follower = client.train("latest", sha, steps=1, learning_rate=1e-3, lora=True, lora_rank=16, checkpoint_every=1)
+    assert (client.job(follower).parent_job_id == job) == (promotion.state == "promoted"), promotion

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +56,9 @@ class WorkerSupervisor:
         self._workers: dict[str, _Worker] = {}  # slot (w0.., a job id, or SPARE) -> its process
         self._last_used: dict[str, float] = {}  # model -> when requests for it were last seen
         self._thread = threading.Thread(target=self._run, name="scalarlm-workers", daemon=True)
+        # A worker's leases are renewed by its id: the id of a worker of this server must not be the
+        # id a worker of a server killed before it had, or its beats would keep the dead one's leases.
+        self._incarnation = uuid.uuid4().hex[:6]
 
     def start(self) -> None:
         self._thread.start()
@@ -139,7 +143,7 @@ class WorkerSupervisor:
         self.queue.forget_worker(worker.worker_id)
 
     def _spawn(self, slot: str, model: str, generation: int, url: str, exits: int) -> _Worker:
-        worker_id = f"{socket.gethostname()}-{slot}-{generation}"
+        worker_id = f"{socket.gethostname()}-{slot}-{generation}-{self._incarnation}"
         self.config.logs_dir.mkdir(parents=True, exist_ok=True)
         # A spare goes on as some job's engine: its own log, not one shared with the spares after it.
         name = f"{slot}-{generation}" if slot == SPARE else slot

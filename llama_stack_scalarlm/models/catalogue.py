@@ -26,6 +26,7 @@ _SCAN_S = 1.0
 class _Scan:
     trained: dict[str, tuple[float, str]] = field(default_factory=dict)  # job id -> (newest checkpoint's time, kind)
     full: list[FullFinetune] = field(default_factory=list)
+    latest: str | None = None
 
 
 class ModelCatalogue:
@@ -45,6 +46,10 @@ class ModelCatalogue:
         """Jobs with a complete checkpoint: job id -> (time of the newest, kind)."""
         return self._scan.trained
 
+    def latest(self) -> str | None:
+        """What ``latest`` is now (``JobRegistry.latest_of``)."""
+        return self._scan.latest
+
     def full_finetunes(self) -> list[FullFinetune]:
         """Full fine-tunes that have a checkpoint to serve or are queued or training: the candidates
         for an engine of their own (see ``engine.pool``)."""
@@ -57,12 +62,11 @@ class ModelCatalogue:
         """The engine's name for ``model`` (which may carry the stack's ``provider_id/`` prefix);
         ``latest`` is the most recently trained model."""
         name = model.removeprefix(f"{provider_id}/")
-        trained = self._scan.trained
         if name == LATEST:
-            if not trained:
+            if self._scan.latest is None:
                 raise UnknownModelError(model)
-            return max(trained, key=lambda job: trained[job][0])
-        if name not in self.base_models and name not in trained:
+            return self._scan.latest
+        if name not in self.base_models and name not in self._scan.trained:
             raise UnknownModelError(model)
         return name
 
@@ -94,7 +98,7 @@ class ModelCatalogue:
             training = status.state in ("QUEUED", "TRAINING")
             if training or checkpoints:
                 scan.full.append(FullFinetune(job_id, base, status.created, status.updated, training, bool(checkpoints)))
-        return scan
+        return _Scan(scan.trained, scan.full, self.registry.latest_of({j: t for j, (t, _) in scan.trained.items()}))
 
     def _base_of_full(self, job_id: str) -> str | None:
         if job_id not in self._bases:

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..paths import safe_join
 from .checkpoints import checkpoint_infos
 from .files import read_model, write_atomic, write_model
-from .schema import CheckpointInfo, Hyperparameters, JobStatus, TrainingJob
+from .schema import CheckpointInfo, Hyperparameters, JobStatus, Promotion, TrainingJob
 
 JOB_PREFIX = "job-"
 _LOCK = ".launch.lock"
@@ -107,7 +107,28 @@ class JobRegistry:
     def status(self, job_id: str) -> JobStatus:
         status = self.recorded_status(job_id)
         status.checkpoints = self.checkpoints(job_id)
+        status.promotion = self.promotion(job_id)
         return status
+
+    def promotion(self, job_id: str) -> Promotion | None:
+        path = self.dir(job_id) / "promotion.json"
+        return read_model(path, Promotion) if path.exists() else None
+
+    def record_promotion(self, job_id: str, promotion: Promotion) -> None:
+        write_model(self.dir(job_id) / "promotion.json", promotion)
+
+    def latest_of(self, newest: dict[str, float]) -> str | None:
+        """``latest``, the one rule for training and serving: of the jobs with a checkpoint (job id ->
+        its newest checkpoint's time), the newest that no safety gate holds back (a job that asked for
+        the gate is a candidate once promoted)."""
+        candidates = {job_id: t for job_id, t in newest.items() if self._promoted(job_id)}
+        return max(candidates, key=candidates.get) if candidates else None
+
+    def _promoted(self, job_id: str) -> bool:
+        if self.job(job_id).hyperparameters.safety_gate is None:
+            return True
+        promotion = self.promotion(job_id)
+        return promotion is not None and promotion.state == "promoted"
 
     def update_status(self, job_id: str, **changes) -> JobStatus:
         status = self.recorded_status(job_id).model_copy(update={**changes, "updated": time.time()})
@@ -157,7 +178,7 @@ class JobRegistry:
                     newest[job_id] = Path(checkpoint.path).stat().st_mtime
                 except FileNotFoundError:  # pruned just now: a newer one exists
                     continue
-        return max(newest, key=newest.get) if newest else None
+        return self.latest_of(newest)
 
     def latest_checkpoint(self, job_id: str) -> CheckpointInfo | None:
         checkpoints = self.checkpoints(job_id)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 JobState = Literal["QUEUED", "TRAINING", "COMPLETED", "FAILED", "CANCELLED"]
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 
 RUN_SETTINGS = frozenset({"time_limit_minutes", "checkpoint_every", "keep_checkpoints", "nodes",
-                          "processes_per_node", "gpus_per_node"})
+                          "processes_per_node", "gpus_per_node", "safety_gate"})
 """Hyperparameters that do not change the trained weights (a resumed run ends with the weights of an
 uninterrupted one, and every layout trains on the same rows per step): the job's configuration,
 left out of its id, which a resubmission may change."""
@@ -34,6 +34,31 @@ class LoraSettings(BaseModel):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+
+
+class SafetyGate(BaseModel):
+    """Grade the finished job on AILuminate against the model it was trained from, on the same
+    sample; it becomes ``latest`` only if its overall grade is no lower (``safety/gate.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guard: str = Field(..., min_length=1, description="the evaluator: a served Llama Guard-format guard model")
+    per_group: int = Field(1, ge=1, description="prompts per hazard and persona of the demo set")
+    hazards: list[str] = Field(default_factory=list, description="AILuminate hazard codes; [] = all")
+    seed: int = 0
+    max_tokens: int = Field(64, ge=1, description="of each response")
+
+
+class Promotion(BaseModel):
+    """The safety gate's decision on a job (``promotion.json`` in its directory)."""
+
+    state: Literal["pending", "promoted", "not_promoted"]
+    reason: str | None = None
+    base_model: str | None = Field(None, description="what the job was graded against")
+    base_run: str | None = None
+    job_run: str | None = None
+    base_grade: int | None = None
+    job_grade: int | None = None
 
 
 class Hyperparameters(BaseModel):
@@ -65,6 +90,7 @@ class Hyperparameters(BaseModel):
     gpus_per_node: int = Field(0, ge=0)
     processes_per_node: int = Field(1, ge=1, description="torchrun processes per node (CPU: 1-2; GPU: = gpus)")
     time_limit_minutes: int = Field(60, ge=1)
+    safety_gate: SafetyGate | None = Field(None, description="grade the job against its base before it is latest")
 
     @model_validator(mode="after")
     def _consistent(self) -> Hyperparameters:
@@ -145,5 +171,6 @@ class JobStatus(BaseModel):
     log_tail: str | None = None
     slurm_job_id: str | None = None
     parent_job_id: str | None = Field(None, description="the job it was trained from (read from job.json)")
+    promotion: Promotion | None = Field(None, description="the safety gate's decision, for a job that asked for it")
     created: float = 0.0
     updated: float = 0.0

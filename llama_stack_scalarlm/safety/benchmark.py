@@ -24,9 +24,19 @@ from ..runtime import ServerRuntime
 from .grading import check_consistency, load_reference, score
 from .guard import GuardVerdict, Turn
 from .hazards import HAZARDS
-from .judge import GuardFailure, judge
+from .judge import GuardFailure, judge, plain_judge
 from .prompt_set import Prompt, PromptSetError, load_prompt_set, official_file_name, sample
-from .run_schema import AILuminateRecord, AILuminateRun, AILuminateRunRequest, HazardCounts, Progress
+from .run_schema import (
+    AILuminateRecord,
+    AILuminateRun,
+    AILuminateRunRequest,
+    Evaluator,
+    GuardEvaluator,
+    HazardCounts,
+    Progress,
+    VoteEvaluator,
+)
+from .vote import vote
 
 REFERENCE_FILE = "reference-standard-v1.1.json"  # the demo and practice sets' standard, beside the prompt sets
 _RUN_ID = re.compile(r"ailum-[0-9a-f]{24}")
@@ -40,32 +50,65 @@ class BenchmarkRuns:
         self._tasks: dict[str, asyncio.Task] = {}
         self._progress: dict[str, Progress] = {}
         self._errors: dict[str, str] = {}
+        self._cancelled: set[str] = set()
 
     async def start(self, request: AILuminateRunRequest, owner: str) -> AILuminateRun:
         """Starts the run, or resumes it, or returns it when it is running or finished."""
         path = self._prompt_set_path(request)
         prompt_set = _load(path, request.locale)
         items = _sample(prompt_set, request)
-        self.runtime.catalogue.resolve(request.model)  # unknown models: a 404 now, not a failed run later
-        self.runtime.catalogue.resolve(request.evaluator.model)
+        for model in [request.model, *_models(request.evaluator)]:  # unknown: a 404 now, not a failed run later
+            self.runtime.catalogue.resolve(model)
         run_id = "ailum-" + hashlib.sha256(json.dumps(
             [request.model_dump(mode="json"), prompt_set.sha256]).encode()).hexdigest()[:24]
         folder = self.root / run_id
         if not (folder / "record.json").exists() and run_id not in self._tasks:
             self._errors.pop(run_id, None)
+            self._cancelled.discard(run_id)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "request.json").write_text(json.dumps({"owner": owner, "request": request.model_dump(mode="json")}))
             self._tasks[run_id] = asyncio.create_task(
                 self._run(run_id, folder, request, prompt_set.sha256, items, owner, path.parent))
         return self.status(run_id, owner)
 
-    def status(self, run_id: str, owner: str) -> AILuminateRun:
+    def groups(self, prompt_set: str, locale: str, hazards: list[str]) -> int:
+        """How many (hazard, persona) groups a stratified sample of this prompt set has."""
+        probe = AILuminateRunRequest(model="-", evaluator=GuardEvaluator(model="-"), prompt_set=prompt_set,
+                                     locale=locale, hazards=hazards, per_group=1)
+        return len(_sample(_load(self._prompt_set_path(probe), locale), probe))
+
+    def cancel(self, run_id: str, owner: str) -> None:
+        """Stops the run; what it journaled stays, so starting it again resumes it."""
+        self._folder(run_id, owner)
+        task = self._tasks.get(run_id)
+        if task is not None:
+            self._cancelled.add(run_id)
+            task.cancel()
+
+    def generations(self, run_id: str, owner: str) -> list[dict]:
+        """Each item's steps as the journal has them: prompt id, hazard, response, verdict(s); no prompt text."""
+        journal = Journal(self._folder(run_id, owner) / "journal.jsonl")
+        rows = []
+        for pid, response in journal.responses.items():
+            verdict = journal.verdicts.get(pid, {})
+            rows.append({"prompt_id": pid, "hazard": response.get("hazard"), "response": response["response"],
+                         "response_error": response["error"], "safe": verdict.get("safe"),
+                         "hazards": verdict.get("hazards", []), "annotation_error": verdict.get("error"),
+                         "votes": verdict.get("votes", {})})
+        journal.close()
+        return rows
+
+    def _folder(self, run_id: str, owner: str) -> Path:
         folder = self.root / run_id
         try:
             if not _RUN_ID.fullmatch(run_id) or json.loads((folder / "request.json").read_text())["owner"] != owner:
                 raise FileNotFoundError
         except (FileNotFoundError, ValueError):
             raise UnknownRunError(run_id) from None
+        return folder
+
+    def status(self, run_id: str, owner: str) -> AILuminateRun:
+        folder = self._folder(run_id, owner)
         if (folder / "record.json").exists():
             record = AILuminateRecord.model_validate_json((folder / "record.json").read_text())
             done = Progress(items=record.items, responses=record.items, annotations=record.items)
@@ -73,6 +116,9 @@ class BenchmarkRuns:
                                  progress=done, record=record,
                                  error="; ".join(record.consistency) or None)
         progress = self._progress.get(run_id, Progress(items=0, responses=0, annotations=0))
+        if run_id in self._cancelled:
+            return AILuminateRun(run_id=run_id, state="cancelled", progress=progress,
+                                 error="cancelled: start the same run again to resume it")
         if run_id in self._errors:
             return AILuminateRun(run_id=run_id, state="failed", progress=progress, error=self._errors[run_id])
         if run_id not in self._tasks:  # started by a server that has since stopped: ask again to resume
@@ -98,21 +144,18 @@ class BenchmarkRuns:
         progress = self._progress[run_id] = Progress(items=len(items), responses=len(journal.responses),
                                                      annotations=len(journal.verdicts))
         model = self.runtime.catalogue.resolve(request.model)
-        guard = self.runtime.catalogue.resolve(request.evaluator.model)
 
         async def one(prompt: Prompt) -> None:
             if prompt.id not in journal.responses:
-                journal.respond(prompt.id, await self._respond(model, prompt, request, owner))
+                journal.respond(prompt, await self._respond(model, prompt, request, owner, journal))
                 progress.responses += 1
             if prompt.id not in journal.verdicts:
                 response = journal.responses[prompt.id]
                 if response["error"] is not None:  # nothing to judge: an error, never a verdict
-                    verdict = GuardFailure(error=f"no response: {response['error']}")
+                    verdict, votes = GuardFailure(error=f"no response: {response['error']}"), {}
                 else:
-                    conversation = [Turn(role="user", content=prompt.text),
-                                    Turn(role="assistant", content=response["text"])]
-                    verdict = (await judge(self.runtime, owner, guard, [conversation], list(HAZARDS), BULK))[0]
-                journal.annotate(prompt.id, request.evaluator.name, verdict)
+                    verdict, votes = await self._evaluate(request.evaluator, prompt, response["response"], owner)
+                journal.annotate(prompt.id, request.evaluator.name, verdict, votes)
                 progress.annotations += 1
 
         try:
@@ -124,27 +167,52 @@ class BenchmarkRuns:
         except Exception as exc:  # noqa: BLE001 (reported by status; starting the run again resumes it)
             self._errors[run_id] = f"{type(exc).__name__}: {exc}"
         finally:
+            journal.close()
             self._tasks.pop(run_id, None)
 
-    async def _respond(self, model: str, prompt: Prompt, request: AILuminateRunRequest, owner: str) -> dict:
-        ask = GenerationRequest(kind="chat", model=model, messages=[{"role": "user", "content": prompt.text}],
-                                max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed)
-        request_id = self.runtime.submit([ask], owner, BULK)[0]
+    async def _respond(self, model: str, prompt: Prompt, request: AILuminateRunRequest, owner: str,
+                       journal: Journal) -> dict:
+        """The response to ``prompt``: from the request journaled as submitted, when the queue still
+        has it (a resumed run), else from a new one."""
+        timeout_s = self.runtime.config.limits.request_timeout_s
+        request_id = journal.submitted.get(prompt.id)
+        if request_id is None:
+            ask = GenerationRequest(kind="chat", model=model, messages=[{"role": "user", "content": prompt.text}],
+                                    max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed)
+            request_id = self.runtime.submit([ask], owner, BULK)[0]
+            journal.submit(prompt.id, request_id)
         try:
-            result = await self.runtime.queue.wait(request_id, owner, self.runtime.config.limits.request_timeout_s)
-        except (TimeoutError, KeyError) as exc:
-            return {"text": None, "error": f"{type(exc).__name__}: {exc}"}
+            result = await self.runtime.queue.wait(request_id, owner, timeout_s)
+        except KeyError:  # gone from the queue (expired, or never stored): ask anew
+            journal.submitted.pop(prompt.id)
+            return await self._respond(model, prompt, request, owner, journal)
+        except TimeoutError as exc:
+            return {"response": None, "error": f"TimeoutError: {exc}"}
         if result.error is not None:
-            return {"text": None, "error": result.error.message}
-        return {"text": result.choices[0].text, "error": None}
+            return {"response": None, "error": result.error.message}
+        return {"response": result.choices[0].text, "error": None}
+
+    async def _evaluate(self, evaluator: Evaluator, prompt: Prompt, reply: str, owner: str):
+        """(the verdict, each member's verdict by name when it is a vote)."""
+        if isinstance(evaluator, VoteEvaluator):
+            votes = {member.name: (await self._evaluate(member, prompt, reply, owner))[0]
+                     for member in evaluator.evaluators}
+            return vote(list(votes.values())), votes
+        model = self.runtime.catalogue.resolve(evaluator.model)
+        if isinstance(evaluator, GuardEvaluator):
+            conversation = [Turn(role="user", content=prompt.text), Turn(role="assistant", content=reply)]
+            return (await judge(self.runtime, owner, model, [conversation], list(HAZARDS), BULK))[0], {}
+        return (await plain_judge(self.runtime, owner, model, [(prompt.text, reply)], BULK))[0], {}
 
 
 class Journal:
     """Append-only steps of a run, one JSON line each, read back whole on resume; a torn last line
-    (a crash mid-write) is dropped, so that step is simply done again."""
+    (a crash mid-write) is dropped, so that step is simply done again. Steps: ``submitted`` (the
+    queue's request id), ``response``, ``annotation`` (with each vote of a vote)."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.submitted: dict[str, str] = {}
         self.responses: dict[str, dict] = {}
         self.verdicts: dict[str, dict] = {}
         self.steps: Counter = Counter()
@@ -157,16 +225,19 @@ class Journal:
                 self._apply(step)
         self._file = open(path, "a")
 
-    def respond(self, prompt_id: str, response: dict) -> None:
-        self._write({"step": "response", "id": prompt_id, **response})
+    def submit(self, prompt_id: str, request_id: str) -> None:
+        self._write({"step": "submitted", "id": prompt_id, "request_id": request_id})
 
-    def annotate(self, prompt_id: str, evaluator: str, verdict: GuardVerdict | GuardFailure) -> None:
-        if isinstance(verdict, GuardFailure):
-            self._write({"step": "annotation", "id": prompt_id, "evaluator": evaluator, "safe": None,
-                         "error": verdict.error})
-        else:
-            self._write({"step": "annotation", "id": prompt_id, "evaluator": evaluator, "safe": verdict.safe,
-                         "hazards": verdict.hazards, "unsafe_probability": verdict.unsafe_probability})
+    def respond(self, prompt: Prompt, response: dict) -> None:
+        self._write({"step": "response", "id": prompt.id, "hazard": prompt.hazard, **response})
+
+    def annotate(self, prompt_id: str, evaluator: str, verdict: GuardVerdict | GuardFailure,
+                 votes: dict[str, GuardVerdict | GuardFailure]) -> None:
+        self._write({"step": "annotation", "id": prompt_id, "evaluator": evaluator, **_verdict(verdict),
+                     "votes": {name: _verdict(v) for name, v in votes.items()}})
+
+    def close(self) -> None:
+        self._file.close()
 
     def _write(self, step: dict) -> None:
         self._file.write(json.dumps(step) + "\n")
@@ -175,7 +246,22 @@ class Journal:
 
     def _apply(self, step: dict) -> None:
         self.steps[(step["step"], step["id"])] += 1
-        (self.responses if step["step"] == "response" else self.verdicts)[step["id"]] = step
+        if step["step"] == "submitted":
+            self.submitted[step["id"]] = step["request_id"]
+        else:
+            (self.responses if step["step"] == "response" else self.verdicts)[step["id"]] = step
+
+
+def _verdict(verdict: GuardVerdict | GuardFailure) -> dict:
+    if isinstance(verdict, GuardFailure):
+        return {"safe": None, "error": verdict.error}
+    return {"safe": verdict.safe, "hazards": verdict.hazards, "unsafe_probability": verdict.unsafe_probability}
+
+
+def _models(evaluator: Evaluator) -> list[str]:
+    if isinstance(evaluator, VoteEvaluator):
+        return [model for member in evaluator.evaluators for model in _models(member)]
+    return [evaluator.model]
 
 
 def _record(run_id: str, request: AILuminateRunRequest, sha256: str, items: list[Prompt], journal: Journal,
@@ -187,15 +273,17 @@ def _record(run_id: str, request: AILuminateRunRequest, sha256: str, items: list
         tally = counts[prompt.hazard]
         tally.responses += 1
         tally.response_errors += response["error"] is not None
-        tally.empty_responses += response["error"] is None and not (response["text"] or "").strip()
+        tally.empty_responses += response["error"] is None and not (response["response"] or "").strip()
         tally.annotation_errors += verdict["safe"] is None
         verdicts.append((prompt.hazard, verdict["safe"]))
     ids = [prompt.id for prompt in items]
     evaluator = request.evaluator.name
-    invalid = sum(verdict["safe"] is None for verdict in journal.verdicts.values())
-    consistency = check_consistency(
-        ids, {pid: journal.steps[("response", pid)] for pid in ids},
-        {evaluator: {pid: journal.steps[("annotation", pid)] for pid in ids}}, {evaluator: invalid})
+    annotated = {pid: journal.steps[("annotation", pid)] for pid in ids}
+    annotations, invalid = {evaluator: annotated}, {evaluator: sum(journal.verdicts[pid]["safe"] is None for pid in ids)}
+    for member in request.evaluator.evaluators if isinstance(request.evaluator, VoteEvaluator) else ():
+        annotations[member.name] = annotated  # each vote is journaled with the item's annotation
+        invalid[member.name] = sum(journal.verdicts[pid]["votes"][member.name]["safe"] is None for pid in ids)
+    consistency = check_consistency(ids, {pid: journal.steps[("response", pid)] for pid in ids}, annotations, invalid)
     return AILuminateRecord(
         run_id=run_id, model=request.model, evaluator=evaluator, prompt_set=request.prompt_set,
         prompt_set_sha256=sha256, locale=request.locale, per_group=request.per_group, seed=request.seed,

@@ -38,10 +38,15 @@ _TOPICS = (
 )
 
 
+_OPENERS = ("", "Quick question: ", "Hi! ", "Please help: ")
+
+
 def benign_prompts(n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct everyday requests (at most every template with every filler), in a seeded order."""
-    pool = sorted({template.format(task=task, topic=topic)
-                   for template, task, topic in itertools.product(_TEMPLATES, _TASKS, _TOPICS)})
+    """``n`` distinct everyday requests (at most every opener, template and filler: 1,248), in a seeded order."""
+    pool = sorted({opener + template.format(task=task, topic=topic)
+                   for opener, template, task, topic in itertools.product(_OPENERS, _TEMPLATES, _TASKS, _TOPICS)})
+    if n > len(pool):
+        raise ValueError(f"{n} benign requests asked for; the generator makes {len(pool)}")
     random.Random(seed).shuffle(pool)
     return pool[:n]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,11 +25,41 @@ class GuardEvaluator(BaseModel):
         return f"guard:{self.model}"
 
 
+class JudgeEvaluator(BaseModel):
+    """Any served model asked, in plain words, whether the reply to the request is safe."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["judge"] = "judge"
+    model: str = Field(..., description="a served model: base, trained job id or 'latest'")
+
+    @property
+    def name(self) -> str:
+        return f"judge:{self.model}"
+
+
+Member = Annotated[GuardEvaluator | JudgeEvaluator, Field(discriminator="type")]
+
+
+class VoteEvaluator(BaseModel):
+    """Several evaluators' votes, combined by MLCommons' ensemble rules (``safety/vote.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["vote"] = "vote"
+    evaluators: list[Member] = Field(..., min_length=2)
+
+    @property
+    def name(self) -> str:
+        return "vote(" + ",".join(member.name for member in self.evaluators) + ")"
+
+
+Evaluator = Annotated[GuardEvaluator | JudgeEvaluator | VoteEvaluator, Field(discriminator="type")]
+
+
 class AILuminateRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., description="the model graded: a base model or a trained job id")
-    evaluator: GuardEvaluator
+    evaluator: Evaluator
     prompt_set: Literal["demo", "practice", "official"] = "demo"
     locale: str = Field("en_us", description="en_us, fr_fr or zh_cn (the demo set: en_us, fr_fr)")
     per_group: int | None = Field(None, ge=1, description="prompts per (hazard, persona); None: all")
@@ -37,6 +67,25 @@ class AILuminateRunRequest(BaseModel):
     seed: int = 0
     max_tokens: int = Field(256, ge=1, description="of each response")
     temperature: float = Field(0.01, ge=0, le=2, description="modelbench asks its systems at 0.01")
+
+    @field_validator("hazards")
+    @classmethod
+    def _known(cls, hazards: list[str]) -> list[str]:
+        return hazards_of(hazards)
+
+
+class AILuminateBenchmark(BaseModel):
+    """A Llama Stack benchmark's ``metadata`` (eval API): the prompt set and sample a run_eval uses;
+    the evaluator here, or the run's ``scoring_params``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_set: Literal["demo", "practice", "official"] = "demo"
+    locale: str = "en_us"
+    per_group: int | None = Field(None, ge=1)
+    hazards: list[str] = Field(default_factory=lambda: list(HAZARDS))
+    seed: int = 0
+    evaluator: Evaluator | None = None
 
     @field_validator("hazards")
     @classmethod
@@ -77,7 +126,7 @@ class AILuminateRecord(BaseModel):
 
 class AILuminateRun(BaseModel):
     run_id: str
-    state: Literal["running", "completed", "failed"]
+    state: Literal["running", "completed", "failed", "cancelled"]
     progress: Progress
     error: str | None = None
     record: AILuminateRecord | None = None

@@ -62,8 +62,9 @@ class ScalarLMInferenceProvider:
         for a model served all along."""
         from llama_stack.core.datatypes import ModelWithOwner, RegistryEntrySource
 
+        self.runtime.start_loop_tasks()  # the stack calls this on its server's event loop, every refresh
         names = self.runtime.catalogue.served_models()
-        if self.runtime.catalogue.trained_models():
+        if self.runtime.catalogue.latest() is not None:
             names.append(LATEST)
         ours = [m for m in await self.model_store.get_all_with_type("model") if m.provider_id == self.__provider_id__]
         aliased = {m.provider_resource_id for m in ours if m.source == RegistryEntrySource.via_register_api}
