@@ -9,6 +9,7 @@ by the guard benchmark. No prompt text is printed: assertions compare ids, hazar
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -146,8 +147,6 @@ def test_ailuminate_run_gives_a_complete_record_and_resumes_without_asking_again
     learned the input policy only, so as a judge of replies it is often out of format: each such
     verdict is an error left out of the score, and the consistency check fails the run for it, as
     modelbench's does. The record is complete either way, and asking again asks nothing again."""
-    import subprocess
-
     from llama_stack_scalarlm.safety.run_schema import AILuminateRunRequest, GuardEvaluator
 
     server, guard, _, _ = taught
@@ -279,3 +278,23 @@ def test_the_safety_gate_decides_whether_a_job_becomes_latest(taught, tmp_path):
     assert promotion.base_model == TINY and promotion.base_run and promotion.job_run and promotion.reason
     follower = client.train("latest", sha, steps=1, learning_rate=1e-3, lora=True, lora_rank=16, checkpoint_every=1)
     assert (client.job(follower).parent_job_id == job) == (promotion.state == "promoted"), promotion
+
+
+def test_the_guard_cli_trains_on_a_prompt_set_and_measures_what_it_held_out(taught, tmp_path):
+    server, _, _, _ = taught
+    cli = [str(Path(sys.executable).parent / "scalarlm"), "--url", server.url]
+    env = {**os.environ, "SCALARLM_API_KEY": server.token}
+    demo, split = str(ailuminate_dir() / DEMO_NAME), str(tmp_path / "split.json")
+    trained = subprocess.run([*cli, "guard", "train", demo, "--model", TINY, "--steps", "1", "--batch-size", "2",
+                              "--split", split], env=env, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    job = trained.stdout.split(":")[0]
+    record = json.loads(Path(split).read_text())
+    assert len(record["held_out"]) == 360 and len(record["trained"]) == 840 and not set(record["held_out"]) & set(
+        record["trained"])
+    assert ScalarLMClient(server.url, timeout_s=300, api_key=server.token).follow(job).state == "COMPLETED"
+    assert wait_listed(server, f"scalarlm/{job}", timeout_s=30)
+    measured = subprocess.run([*cli, "guard", "measure", demo, "--guard", job, "--split", split], env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    assert json.loads(measured.stdout)["items"] == 360 + 180
