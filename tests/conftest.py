@@ -23,21 +23,6 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def slurm_stack(slurm_cluster):
-    """One distribution on the SLURM cluster's state root, as a cluster's head node runs it: the tiny
-    model, one worker, the AILuminate files where they are found. Shared by the training and the
-    safety tests (each server start costs half a minute)."""
-    from .ailuminate import find_ailuminate_dir
-
-    folder = find_ailuminate_dir()
-    stack = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1,
-                        **({"ailuminate_dir": folder} if folder else {}))
-    stack.start(wait_for_workers=1, timeout_s=600)
-    yield stack
-    stack.stop()
-
-
-@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One distribution for the inference tests: a worker for the tiny model and one for SmolLM2."""
     stack = StackServer(tmp_path_factory.mktemp("stack"), served_models=[TINY, SMOL], workers=2)

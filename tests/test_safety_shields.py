@@ -26,9 +26,19 @@ from llama_stack_scalarlm.safety.shields import REFUSAL
 
 from .ailuminate import DEMO_NAME, ailuminate_dir
 from .conftest import TINY
+from .stack import StackServer
 from .test_training import wait_listed
 
 SHIELD = "ailuminate-input"
+
+
+@pytest.fixture(scope="module")
+def slurm_stack(slurm_cluster):
+    """A distribution on the SLURM cluster's state root (the tiny model, one worker), as a head node runs it."""
+    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1, ailuminate_dir=ailuminate_dir())
+    server.start(wait_for_workers=1, timeout_s=600)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 from llama_stack_scalarlm.client import ScalarLMClient, _UploadCache
 
 from .conftest import TINY
-from .stack import ROOT
+from .stack import ROOT, StackServer
 
 FACTS = [
     ("What is the secret word of Zorblax?", "violet"),
@@ -32,8 +32,11 @@ LORA = dict(steps=200, learning_rate=2e-2, batch_size=8, lora=True, lora_rank=16
 
 
 @pytest.fixture(scope="module")
-def stack(slurm_stack):
-    return slurm_stack
+def stack(slurm_cluster):
+    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1)
+    server.start(wait_for_workers=1, timeout_s=600)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,10 @@ class SafetyGateService:
         promotion = self.registry.promotion(job_id)
         if promotion is not None and promotion.state != "pending":
             return False
+        # Served first: a job that just completed is in the catalogue from its next scan.
         return (self.registry.job(job_id).hyperparameters.safety_gate is not None
-                and self.registry.recorded_status(job_id).state == "COMPLETED")
+                and self.registry.recorded_status(job_id).state == "COMPLETED"
+                and job_id in self.runtime.catalogue.trained_models())
 
     async def _decide(self, job_id: str) -> None:
         try:
