@@ -28,13 +28,17 @@ class SafetyGateService:
     async def run_forever(self) -> None:
         while True:
             try:
-                for job_id in self.registry.job_ids():
-                    if job_id not in self._deciding and self._due(job_id):
-                        self._deciding.add(job_id)
-                        asyncio.create_task(self._decide(job_id))
+                # The registry is on the shared filesystem: read it off the server's event loop.
+                for job_id in await asyncio.to_thread(self._due_jobs):
+                    self._deciding.add(job_id)
+                    asyncio.create_task(self._decide(job_id))
             except Exception:
                 log.exception("the safety gate's scan failed")
             await asyncio.sleep(_SCAN_S)
+
+    def _due_jobs(self) -> list[str]:
+        deciding = set(self._deciding)
+        return [job_id for job_id in self.registry.job_ids() if job_id not in deciding and self._due(job_id)]
 
     def _due(self, job_id: str) -> bool:
         promotion = self.registry.promotion(job_id)
