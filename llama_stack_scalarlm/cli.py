@@ -191,11 +191,11 @@ def _guard_train(args: argparse.Namespace) -> int:
         rows.write_text("".join(json.dumps(r) + "\n" for r in guard_training.training_rows(trained, benign_trained)))
         dataset = client.upload(rows)
     job = client.train(args.model, dataset, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
-                       lora=True, lora_rank=16, max_seq_len=768, checkpoint_every=args.steps)
+                       lora=True, lora_rank=16, max_seq_len=768, checkpoint_every=args.steps, purpose="guard")
     Path(args.split).write_text(split.model_dump_json(indent=1))
     print(f"{job}: {len(trained)} prompts and {len(benign_trained)} benign requests; "
-          f"{len(split.held_out)} held out ({args.split})")
-    return 0
+          f"{len(split.held_out)} held out ({args.split})", flush=True)
+    return _follow(client, job) if args.follow else 0
 
 
 def _guard_measure(args: argparse.Namespace) -> int:
@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     guard_train.add_argument("--lr", type=float, default=2e-3)
     guard_train.add_argument("--batch-size", type=int, default=8)
     guard_train.add_argument("--split", default="guard-split.json", help="where the held-out ids go")
+    guard_train.add_argument("--follow", action="store_true", help="show training progress until the job ends")
     guard_train.set_defaults(func=_guard_train)
     guard_measure = guard.add_parser("measure", help="a guard's precision and recall on what it did not learn")
     guard_measure.add_argument("prompt_set")

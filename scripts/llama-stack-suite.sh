@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Llama Stack v0.7.1's own inference tests, live against `llama stack run` on loopback, with a
-# throwaway state root. The suite's OpenAI client sends the fixed key "fake" (its fixtures/common.py),
-# so that key is granted here, in this state root only; its llama-stack-client sends our token.
+# Llama Stack v0.7.1's own tests, live against `llama stack run` on loopback, with a throwaway
+# state root. The suite's OpenAI client sends the fixed key "fake" (its fixtures/common.py), so
+# that key is granted here, in this state root only; its llama-stack-client sends our token.
+# SAFETY=1: the safety tests against the run config's default shield `ailuminate`, judged by a
+# guard this script has the platform train first (SLURM, `scalarlm guard train`, GUARD_STEPS steps
+# on the AILuminate demo set in AILUMINATE_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUITE=${SUITE:-../shared/bin/llama-stack-suite}
@@ -11,13 +14,30 @@ export SCALARLM_STATE_DIR=${SCALARLM_STATE_DIR:-$(mktemp -d)/state}
 mkdir -p "$SCALARLM_STATE_DIR"
 token=$(.venv/bin/scalarlm token create --name suite)
 printf fake | .venv/bin/scalarlm token add suite-openai-client >/dev/null
+cleanup() {
+  kill -INT "$server" 2>/dev/null; wait "$server" 2>/dev/null
+  [ "${SAFETY:-0}" != 1 ] || bash slurm/cluster.sh stop || true
+}
+[ "${SAFETY:-0}" != 1 ] || bash slurm/cluster.sh start
 LLAMA_STACK_PORT=$PORT .venv/bin/llama stack run distributions/scalarlm/run.yaml >"$SCALARLM_STATE_DIR/server.log" 2>&1 &
 server=$!
-trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+trap cleanup EXIT
 for i in $(seq 300); do  # until an engine serves the model (the server answers the token check on this port)
   curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/scalarlm/queue" | grep -q '"workers":{"' && break
   [ "$i" -lt 300 ] || { tail -20 "$SCALARLM_STATE_DIR/server.log"; echo "no engine came up in 300 s" >&2; exit 1; }
   sleep 1
 done
+extra=()
+if [ "${SAFETY:-0}" = 1 ]; then
+  demo=${AILUMINATE_DIR:-../shared/data/ailuminate}/airr_official_1.0_demo_en_us_prompt_set_release.csv
+  SCALARLM_API_KEY=$token .venv/bin/scalarlm --url "http://127.0.0.1:$PORT" guard train "$demo" \
+    --steps "${GUARD_STEPS:-40}" --split "$SCALARLM_STATE_DIR/guard-split.json" --follow
+  for i in $(seq 60); do  # the default shield's model `guard` is listed once the guard's checkpoint is served
+    curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/models" | grep -q '"scalarlm/guard"' && break
+    sleep 1
+  done
+  [ $# -gt 0 ] || set -- tests/integration/safety/test_safety.py
+  extra=(--shield ailuminate)
+fi
 [ $# -gt 0 ] || set -- tests/integration/inference/test_openai_completion.py tests/integration/inference/test_tools_with_schemas.py
-"$SUITE" "http://127.0.0.1:$PORT" "$MODEL" --token "$token" "$@"
+"$SUITE" "http://127.0.0.1:$PORT" "$MODEL" --token "$token" "${extra[@]}" "$@"

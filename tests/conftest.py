@@ -32,6 +32,21 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def slurm_stack(slurm_cluster):
+    """A distribution on the SLURM cluster's state root (the tiny model, one worker, the AILuminate
+    files when there are any), as a head node runs it: the API fuzz and the safety tests share it,
+    and the safety module, its last user, stops it."""
+    from .ailuminate import find_ailuminate_dir
+
+    found = find_ailuminate_dir()
+    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1, limits={"request_timeout_s": 60},
+                         **({"ailuminate_dir": str(found)} if found else {}))
+    server.start(wait_for_workers=1, timeout_s=600)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_model(server):
     return f"scalarlm/{TINY}"
 

@@ -16,7 +16,6 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
 from .conftest import TINY
-from .stack import StackServer
 
 OURS = r"^/v1(alpha)?/(scalarlm/|post-training/|chat/completions$|completions$|embeddings$|models$)"
 STACKS = {("GET", "/v1/chat/completions")}  # the stack's store of past completions, not our provider
@@ -26,12 +25,9 @@ MODELS = {"/v1/chat/completions": f"scalarlm/{TINY}", "/v1/completions": f"scala
 
 
 @pytest.fixture(scope="module")
-def stack(slurm_cluster):
+def stack(slurm_stack):
     """On the SLURM cluster's state root, so the training routes answer for real (no 503 for SLURM being down)."""
-    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1,
-                         limits={"request_timeout_s": 60}).start(wait_for_workers=1, timeout_s=600)
-    yield server
-    server.stop()
+    return slurm_stack
 
 
 def load_schema(stack):

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from llama_stack_scalarlm.client import ScalarLMClient
+from llama_stack_scalarlm.registry.jobs import JobRegistry
 from llama_stack_scalarlm.safety.guard_data import benign_prompts, input_guard_rows
 from llama_stack_scalarlm.safety.hazards import HAZARDS
 from llama_stack_scalarlm.safety.prompt_set import load_prompt_set, sample
@@ -26,24 +27,16 @@ from llama_stack_scalarlm.safety.shields import REFUSAL
 
 from .ailuminate import DEMO_NAME, ailuminate_dir
 from .conftest import TINY
-from .stack import StackServer
 from .test_training import wait_listed
 
 SHIELD = "ailuminate-input"
 
 
 @pytest.fixture(scope="module")
-def slurm_stack(slurm_cluster):
-    """A distribution on the SLURM cluster's state root (the tiny model, one worker), as a head node runs it."""
-    server = StackServer(slurm_cluster.state_dir, served_models=[TINY], workers=1, ailuminate_dir=ailuminate_dir())
-    server.start(wait_for_workers=1, timeout_s=600)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def taught(slurm_stack, tmp_path_factory):
-    """(server, guard model id, hazardous prompts it was taught, benign prompts it was taught)."""
+    """(server, guard model id, hazardous prompts it was taught, benign prompts it was taught), on
+    the distribution the API fuzz ran on (conftest's ``slurm_stack``); this module is its last user
+    and stops it, so its engine does not stay up through the rest of the suite."""
     hazardous = [p for p in sample(load_prompt_set(ailuminate_dir() / DEMO_NAME), per_group=1, seed=0)
                  if len(p.text) < 400][:8]
     benign = benign_prompts(8, seed=0)
@@ -52,11 +45,12 @@ def taught(slurm_stack, tmp_path_factory):
     path = tmp_path_factory.mktemp("guard") / "guard.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in input_guard_rows(hazardous, benign, list(HAZARDS))))
     job = client.train(TINY, client.upload(path), steps=100, learning_rate=2e-2, batch_size=8, lora=True,
-                       lora_rank=16, max_seq_len=1024, checkpoint_every=100)
+                       lora_rank=16, max_seq_len=1024, checkpoint_every=100, purpose="guard")
     done = client.follow(job)
     assert done.state == "COMPLETED", done.error
     assert wait_listed(server, f"scalarlm/{job}", timeout_s=30)
-    return server, f"scalarlm/{job}", hazardous, benign
+    yield server, f"scalarlm/{job}", hazardous, benign
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +80,22 @@ def test_a_registered_shield_flags_a_hazardous_request_by_hazard_and_passes_a_be
             assert 0.5 < violation.metadata["unsafe_probability"] <= 1
     passed = [stack_client.safety.run_shield(shield_id=SHIELD, messages=user(text)).violation for text in benign]
     assert sum(v is None for v in passed) >= len(benign) - 1, passed
+
+
+def test_the_default_shield_judges_with_the_newest_guard_and_latest_is_never_a_guard(taught, stack_client):
+    """The run config's shield ``ailuminate`` asks the model ``guard``: the newest job trained as a
+    guard, picked up with no restart, and never what ``latest`` serves."""
+    server, guard, hazardous, benign = taught
+    assert wait_listed(server, "scalarlm/guard", timeout_s=30)
+    shield, = [s for s in stack_client.shields.list() if s.identifier == "ailuminate"]
+    assert shield.provider_resource_id == "scalarlm/guard"
+    flagged = stack_client.safety.run_shield(shield_id="ailuminate", messages=user(hazardous[0].text)).violation
+    assert flagged is not None and flagged.metadata["guard_model"] == "scalarlm/guard", flagged
+    assert flagged.user_message == REFUSAL and flagged.metadata["hazards"] == [hazardous[0].hazard]
+    assert stack_client.safety.run_shield(shield_id="ailuminate", messages=user(benign[0])).violation is None
+    registry = JobRegistry(server.state_dir / "jobs")
+    assert registry.latest_of({guard.removeprefix("scalarlm/"): time.time()}) is None  # a guard is never latest
+    assert registry.latest_of({guard.removeprefix("scalarlm/"): time.time()}, "guard") == guard.removeprefix("scalarlm/")
 
 
 def test_a_shield_that_checks_user_turns_leaves_the_reply_to_another(taught, stack_client):
@@ -286,8 +296,11 @@ def test_the_safety_gate_decides_whether_a_job_becomes_latest(taught, tmp_path):
     promotion = client.job(job).promotion
     assert promotion is not None and promotion.state in ("promoted", "not_promoted"), promotion
     assert promotion.base_model == TINY and promotion.base_run and promotion.job_run and promotion.reason
-    follower = client.train("latest", sha, steps=1, learning_rate=1e-3, lora=True, lora_rank=16, checkpoint_every=1)
-    assert (client.job(follower).parent_job_id == job) == (promotion.state == "promoted"), promotion
+    if promotion.state == "promoted":
+        follower = client.train("latest", sha, steps=1, learning_rate=1e-3, lora=True, lora_rank=16, checkpoint_every=1)
+        assert client.job(follower).parent_job_id == job, promotion
+    else:  # held back: ``latest`` is another job, or none (then training from it is a 400 naming model)
+        assert JobRegistry(server.state_dir / "jobs").newest_trained() != job, promotion
 
 
 def test_the_guard_cli_trains_on_a_prompt_set_and_measures_what_it_held_out(taught, tmp_path):

@@ -29,7 +29,15 @@ from llama_stack_scalarlm.training import TrainingService
 from .conftest import TINY
 
 ROWS = b"".join(json.dumps({"input": f"q{i}", "output": f"a{i}"}).encode() + b"\n" for i in range(8))
-REAL = {name: shutil.which(name) for name in ("sbatch", "squeue")}
+REAL: dict[str, str] = {}  # SLURM's own commands, found once the cluster is up (see below)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _real_slurm_commands(slurm_cluster):
+    """Looked up after the cluster fixture has run, not at import: on a fresh machine it is what
+    installs SLURM, so at collection time there is no squeue to find."""
+    REAL.update((name, shutil.which(name)) for name in ("sbatch", "squeue"))
+    assert all(REAL.values()), REAL
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """What the server serves: the configured base models and every trained job with a complete
-checkpoint, what ``latest`` is, and which full fine-tunes may want an engine of their own.
+checkpoint, what ``latest`` and ``guard`` are, and which full fine-tunes may want an engine of their own.
 
 The registry is scanned in a thread of its own once a second; requests read the last scan and
 never touch the shared filesystem on the server's event loop.
@@ -19,6 +19,7 @@ from ..registry.jobs import JobRegistry
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
+GUARD = "guard"
 _SCAN_S = 1.0
 
 
@@ -27,6 +28,7 @@ class _Scan:
     trained: dict[str, tuple[float, str]] = field(default_factory=dict)  # job id -> (newest checkpoint's time, kind)
     full: list[FullFinetune] = field(default_factory=list)
     latest: str | None = None
+    guard: str | None = None
 
 
 class ModelCatalogue:
@@ -50,6 +52,10 @@ class ModelCatalogue:
         """What ``latest`` is now (``JobRegistry.latest_of``)."""
         return self._scan.latest
 
+    def aliases(self) -> dict[str, str]:
+        """``latest`` (the newest trained model) and ``guard`` (the newest trained guard), where there is one."""
+        return {name: job for name, job in ((LATEST, self._scan.latest), (GUARD, self._scan.guard)) if job}
+
     def full_finetunes(self) -> list[FullFinetune]:
         """Full fine-tunes that have a checkpoint to serve or are queued or training: the candidates
         for an engine of their own (see ``engine.pool``)."""
@@ -60,12 +66,12 @@ class ModelCatalogue:
 
     def resolve(self, model: str, provider_id: str = "scalarlm") -> str:
         """The engine's name for ``model`` (which may carry the stack's ``provider_id/`` prefix);
-        ``latest`` is the most recently trained model."""
+        ``latest`` and ``guard`` are the most recently trained model and guard (:meth:`aliases`)."""
         name = model.removeprefix(f"{provider_id}/")
-        if name == LATEST:
-            if self._scan.latest is None:
+        if name in (LATEST, GUARD):
+            if (job := self.aliases().get(name)) is None:
                 raise UnknownModelError(model)
-            return self._scan.latest
+            return job
         if name not in self.base_models and name not in self._scan.trained:
             raise UnknownModelError(model)
         return name
@@ -98,7 +104,8 @@ class ModelCatalogue:
             training = status.state in ("QUEUED", "TRAINING")
             if training or checkpoints:
                 scan.full.append(FullFinetune(job_id, base, status.created, status.updated, training, bool(checkpoints)))
-        return _Scan(scan.trained, scan.full, self.registry.latest_of({j: t for j, (t, _) in scan.trained.items()}))
+        newest = {job_id: t for job_id, (t, _) in scan.trained.items()}
+        return _Scan(scan.trained, scan.full, self.registry.latest_of(newest), self.registry.latest_of(newest, GUARD))
 
     def _base_of_full(self, job_id: str) -> str | None:
         if job_id not in self._bases:

@@ -117,15 +117,18 @@ class JobRegistry:
     def record_promotion(self, job_id: str, promotion: Promotion) -> None:
         write_model(self.dir(job_id) / "promotion.json", promotion)
 
-    def latest_of(self, newest: dict[str, float]) -> str | None:
-        """``latest``, the one rule for training and serving: of the jobs with a checkpoint (job id ->
-        its newest checkpoint's time), the newest that no safety gate holds back (a job that asked for
-        the gate is a candidate once promoted)."""
-        candidates = {job_id: t for job_id, t in newest.items() if self._promoted(job_id)}
+    def latest_of(self, newest: dict[str, float], purpose: str = "model") -> str | None:
+        """``latest`` (``guard`` for purpose guard), the one rule for training and serving: of the
+        jobs with a checkpoint (job id -> its newest checkpoint's time) trained for ``purpose``, the
+        newest that no safety gate holds back (a job that asked for the gate is a candidate once promoted)."""
+        candidates = {job_id: t for job_id, t in newest.items() if self._candidate(job_id, purpose)}
         return max(candidates, key=candidates.get) if candidates else None
 
-    def _promoted(self, job_id: str) -> bool:
-        if self.job(job_id).hyperparameters.safety_gate is None:
+    def _candidate(self, job_id: str, purpose: str) -> bool:
+        hyperparameters = self.job(job_id).hyperparameters
+        if hyperparameters.purpose != purpose:
+            return False
+        if hyperparameters.safety_gate is None:
             return True
         promotion = self.promotion(job_id)
         return promotion is not None and promotion.state == "promoted"
@@ -170,7 +173,7 @@ class JobRegistry:
         return checkpoint_infos(self.dir(job_id) / "checkpoints")
 
     def newest_trained(self) -> str | None:
-        """``latest``: the job whose newest complete checkpoint was written last."""
+        """``latest``: of the jobs ``latest_of`` admits, the one whose newest complete checkpoint was written last."""
         newest = {}
         for job_id in self.job_ids():
             if (checkpoint := self.latest_checkpoint(job_id)) is not None:

@@ -23,7 +23,7 @@ JobState = Literal["QUEUED", "TRAINING", "COMPLETED", "FAILED", "CANCELLED"]
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
 
 RUN_SETTINGS = frozenset({"time_limit_minutes", "checkpoint_every", "keep_checkpoints", "nodes",
-                          "processes_per_node", "gpus_per_node", "safety_gate"})
+                          "processes_per_node", "gpus_per_node", "safety_gate", "purpose"})
 """Hyperparameters that do not change the trained weights (a resumed run ends with the weights of an
 uninterrupted one, and every layout trains on the same rows per step): the job's configuration,
 left out of its id, which a resubmission may change."""
@@ -91,6 +91,9 @@ class Hyperparameters(BaseModel):
     processes_per_node: int = Field(1, ge=1, description="torchrun processes per node (CPU: 1-2; GPU: = gpus)")
     time_limit_minutes: int = Field(60, ge=1)
     safety_gate: SafetyGate | None = Field(None, description="grade the job against its base before it is latest")
+    purpose: Literal["model", "guard"] = Field(
+        "model", description="guard: a safety guard (`scalarlm guard train`); the newest is the model `guard`, "
+                             "the default shield's, and never `latest`")
 
     @model_validator(mode="after")
     def _consistent(self) -> Hyperparameters:

@@ -19,7 +19,6 @@ from llama_stack_api import (
 
 from llama_stack_scalarlm.config import ScalarLMConfig
 from llama_stack_scalarlm.errors import InvalidFieldError, RequestFailedError
-from llama_stack_scalarlm.models.catalogue import LATEST
 from llama_stack_scalarlm.offline import prepare_tiktoken
 from llama_stack_scalarlm.queue.schema import GenerationResult, OpenAIRequest
 from llama_stack_scalarlm.queue.store import INTERACTIVE
@@ -63,9 +62,7 @@ class ScalarLMInferenceProvider:
         from llama_stack.core.datatypes import ModelWithOwner, RegistryEntrySource
 
         self.runtime.start_loop_tasks()  # the stack calls this on its server's event loop, every refresh
-        names = self.runtime.catalogue.served_models()
-        if self.runtime.catalogue.latest() is not None:
-            names.append(LATEST)
+        names = [*self.runtime.catalogue.served_models(), *self.runtime.catalogue.aliases()]
         ours = [m for m in await self.model_store.get_all_with_type("model") if m.provider_id == self.__provider_id__]
         aliased = {m.provider_resource_id for m in ours if m.source == RegistryEntrySource.via_register_api}
         wanted = {f"{self.__provider_id__}/{name}": name for name in names if name not in aliased}
