@@ -7,7 +7,11 @@
      benign requests it never saw (split by prompt id);
    - a second set of another origin: the plainly unsafe and safe requests of Llama Stack's own
      safety tests (``tests/integration/safety/test_safety.py`` at v0.7.1), read from
-     ../shared/llama-stack-tests when it is there.
+     ../shared/llama-stack-tests when it is there;
+   - as a response judge (the job also learns the base model's own replies to ``--replies``
+     trained prompts and as many benign requests, ``safety/guard_data.py``): the base model's
+     replies to the held-out prompts (asked plainly and told to decline) and benign requests,
+     against the labeller's labels (a reply to a hazardous prompt that does not decline is unsafe).
 2. AILuminate run throughput against plain bulk generation of the same prompts on the same model
    (goal >= 0.8): what judging every response with the trained guard and journaling it cost. Each
    pair: the sampled prompts through the bulk route (baseline), then a run of the same prompts,
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from llama_stack_scalarlm.safety import guard_training  # noqa: E402
+from llama_stack_scalarlm.safety.guard_data import is_refusal  # noqa: E402
 from llama_stack_scalarlm.safety.prompt_set import Prompt, load_prompt_set, official_file_name, sample  # noqa: E402
 from llama_stack_scalarlm.safety.run_schema import AILuminateRunRequest, GuardEvaluator  # noqa: E402
 from tests.ailuminate import find_ailuminate_dir  # noqa: E402
@@ -67,12 +72,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--replies", type=int, default=200, help="trained prompts whose base-model replies it learns")
     parser.add_argument("--per-group", type=int, default=2, help="run throughput: prompts per hazard and persona")
     parser.add_argument("--max-tokens", type=int, default=64, help="run throughput: of each response")
     parser.add_argument("--ailuminate-dir", type=Path, default=find_ailuminate_dir())
     parser.add_argument("--slurm-state", type=Path, help="state root of a running SLURM cluster to use")
     args = harness.parse(parser, smoke={"model": "tiny-llama", "measure": 1, "steps": 2, "batch_size": 2,
-                                        "per_group": 1, "max_tokens": 4})
+                                        "per_group": 1, "max_tokens": 4, "replies": 2})
     if args.ailuminate_dir is None:
         parser.error("--ailuminate-dir: no AILuminate prompt set found")
     report = harness.Report("safety_bench", args, variant=args.model)
@@ -88,9 +94,13 @@ def main() -> None:
     with harness.served(args.slurm_state, served_models=[args.model], ailuminate_dir=args.ailuminate_dir) as server:
         client = ScalarLMClient(server.url, api_key=server.token, timeout_s=900)
 
+        held_out_replies = guard_training.base_replies(client, args.model, measured, benign_measured, seed=1)
+
         def measure_all(guard: str, who: str) -> None:
             record(report, who, "held-out demo prompts + benign", guard_training.measure(
                 client, guard, measured, benign_measured))
+            record(report, who, "base model's replies to those", guard_training.measure_replies(
+                client, guard, held_out_replies))
             if second is not None:
                 unsafe, safe = second
                 others = [Prompt(id=f"stack-{i}", text=t, hazard="vcr", label="vcr", persona="-", locale="en_us")
@@ -100,11 +110,16 @@ def main() -> None:
 
         measure_all(args.model, "base model")
         rows = server.state_dir / "guard.jsonl"
-        rows.write_text("".join(json.dumps(r) + "\n" for r in guard_training.training_rows(trained, benign_trained)))
+        spread = trained[::max(1, len(trained) // max(1, args.replies))][:args.replies]  # every group alike
+        replies = guard_training.base_replies(client, args.model, spread, benign_trained[:args.replies]) if spread else []
+        report.value("replies learned: declining / all to hazardous prompts", "fraction",
+                     [sum(is_refusal(r) for _, h, r in replies if h) / max(1, sum(1 for _, h, _ in replies if h))])
+        rows.write_text("".join(json.dumps(r) + "\n"
+                                for r in guard_training.training_rows(trained, benign_trained, replies)))
         started = time.monotonic()
         job = client.train(args.model, client.upload(rows), steps=args.steps, learning_rate=args.lr,
                            batch_size=args.batch_size, lora=True, lora_rank=16, max_seq_len=768,
-                           checkpoint_every=args.steps)
+                           checkpoint_every=args.steps, purpose="guard")
         done = client.follow(job, poll_s=5)
         if done.state != "COMPLETED":
             raise SystemExit(f"training {job}: {done.state} {done.error}")

@@ -175,8 +175,11 @@ def _ailuminate(args: argparse.Namespace) -> int:
 
 
 def _guard_train(args: argparse.Namespace) -> int:
-    """An input guard, LoRA on ``--model``, from the user's prompt set against generated benign requests;
-    ``--held-out`` of each (hazard, persona) group is kept back (ids in ``--split``) to measure it on."""
+    """A guard, LoRA on ``--model``: an input guard from the user's prompt set against generated benign
+    requests, and a response judge from ``--model``'s own replies to ``--replies`` of those prompts and
+    as many benign ones (``safety/guard_data.py``); ``--held-out`` of each (hazard, persona) group is
+    kept back (ids in ``--split``) to measure it on."""
+    import random
     import tempfile
 
     from .safety import guard_training
@@ -186,33 +189,51 @@ def _guard_train(args: argparse.Namespace) -> int:
     trained, _, split = guard_training.split(prompt_set, args.held_out, args.seed)
     benign_trained, _ = guard_training.benign(split)
     client = _client(args)
+    replies = []
+    if args.replies:
+        rng = random.Random(args.seed)
+        print(f"asking {args.model} for its replies to {args.replies} hazardous and {args.replies} benign requests",
+              file=sys.stderr, flush=True)
+        replies = guard_training.base_replies(client, args.model, rng.sample(trained, min(args.replies, len(trained))),
+                                              rng.sample(benign_trained, min(args.replies, len(benign_trained))),
+                                              seed=args.seed)
+        split = split.model_copy(update={"reply_model": args.model, "replies": args.replies})
     with tempfile.TemporaryDirectory() as tmp:  # the rows hold the prompts: not left on disk
         rows = Path(tmp) / "guard.jsonl"
-        rows.write_text("".join(json.dumps(r) + "\n" for r in guard_training.training_rows(trained, benign_trained)))
+        rows.write_text("".join(json.dumps(r) + "\n"
+                                for r in guard_training.training_rows(trained, benign_trained, replies)))
         dataset = client.upload(rows)
     job = client.train(args.model, dataset, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
                        lora=True, lora_rank=16, max_seq_len=768, checkpoint_every=args.steps, purpose="guard")
     Path(args.split).write_text(split.model_dump_json(indent=1))
-    print(f"{job}: {len(trained)} prompts and {len(benign_trained)} benign requests; "
+    print(f"{job}: {len(trained)} prompts and {len(benign_trained)} benign requests, {len(replies)} replies; "
           f"{len(split.held_out)} held out ({args.split})", flush=True)
     return _follow(client, job) if args.follow else 0
 
 
 def _guard_measure(args: argparse.Namespace) -> int:
-    """The guard's precision and recall of "unsafe" on what ``--split`` held out."""
+    """The guard's precision and recall of "unsafe" on what ``--split`` held out: as an input guard
+    (the held-out requests) and, when it learned replies, as a response judge (the reply model's
+    replies to ``--reply-sample`` held-out requests per hazard and persona, and as many benign ones)."""
     from .safety import guard_training
     from .safety.guard_training import GuardSplit
-    from .safety.prompt_set import load_prompt_set
+    from .safety.prompt_set import load_prompt_set, sample
 
     prompt_set = load_prompt_set(args.prompt_set)
     split = GuardSplit.model_validate_json(Path(args.split).read_text())
     if split.prompt_set_sha256 != prompt_set.sha256:
         sys.exit(f"{args.split}: made from another prompt set (sha256 {split.prompt_set_sha256[:12]}…)")
     held = set(split.held_out)
+    held_out = [p for p in prompt_set.prompts if p.id in held]
     _, benign_held_out = guard_training.benign(split)
-    score = guard_training.measure(_client(args), args.guard, [p for p in prompt_set.prompts if p.id in held],
-                                   benign_held_out)
-    print(score.model_dump_json(indent=1))
+    client = _client(args)
+    scores = {"requests": guard_training.measure(client, args.guard, held_out, benign_held_out).model_dump()}
+    if split.reply_model is not None:
+        asked = sample(prompt_set.model_copy(update={"prompts": held_out}), args.reply_sample, split.seed)
+        replies = guard_training.base_replies(client, split.reply_model, asked, benign_held_out[:len(asked)],
+                                              seed=split.seed + 1)
+        scores["replies"] = guard_training.measure_replies(client, args.guard, replies).model_dump()
+    print(json.dumps(scores, indent=1))
     return 0
 
 
@@ -369,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     ailuminate.set_defaults(func=_ailuminate)
 
     guard = sub.add_parser("guard", help="guards the platform trains").add_subparsers(dest="action", required=True)
-    guard_train = guard.add_parser("train", help="train an input guard on an AILuminate prompt set (a LoRA job)")
+    guard_train = guard.add_parser("train", help="train a guard on an AILuminate prompt set and the model's replies")
     guard_train.add_argument("prompt_set", help="an AILuminate prompt-set CSV (hazardous by design: never printed)")
     guard_train.add_argument("--model", default="SmolLM2-135M-Instruct")
     guard_train.add_argument("--held-out", type=float, default=0.3, help="fraction of each group kept back")
@@ -379,11 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     guard_train.add_argument("--batch-size", type=int, default=8)
     guard_train.add_argument("--split", default="guard-split.json", help="where the held-out ids go")
     guard_train.add_argument("--follow", action="store_true", help="show training progress until the job ends")
+    guard_train.add_argument("--replies", type=int, default=200,
+                             help="hazardous requests (and as many benign) whose --model replies it learns to judge")
     guard_train.set_defaults(func=_guard_train)
     guard_measure = guard.add_parser("measure", help="a guard's precision and recall on what it did not learn")
     guard_measure.add_argument("prompt_set")
     guard_measure.add_argument("--guard", required=True, help="the guard model (a job id)")
     guard_measure.add_argument("--split", default="guard-split.json")
+    guard_measure.add_argument("--reply-sample", type=int, default=2,
+                               help="held-out requests per hazard and persona whose replies it judges")
     guard_measure.set_defaults(func=_guard_measure)
 
     squeue = sub.add_parser("squeue", help="the SLURM queue")

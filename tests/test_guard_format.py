@@ -15,7 +15,7 @@ from llama_stack_scalarlm.safety.guard import (
     parse_reply,
     unsafe_probability,
 )
-from llama_stack_scalarlm.safety.guard_data import benign_prompts
+from llama_stack_scalarlm.safety.guard_data import benign_prompts, is_refusal, response_judge_rows
 from llama_stack_scalarlm.safety.hazards import HAZARDS, hazards_of
 from llama_stack_scalarlm.safety.shields import conversations, parse_params
 
@@ -104,6 +104,28 @@ def test_benign_prompts_are_distinct_and_seeded():
     prompts = benign_prompts(200, seed=3)
     assert len(set(prompts)) == 200
     assert prompts == benign_prompts(200, seed=3) != benign_prompts(200, seed=4)
+
+
+@pytest.mark.parametrize(("reply", "declines"), [
+    ("I can't help with that, but a local helpline can.", True), ("I'm sorry, but I cannot assist.", True),
+    ("Sorry, but that is not something I will do.", True), ("I must decline this request.", True),
+    ("", True), ("Sure! First, gather the following.", False), ("Here are three steps you could take.", False),
+    ("Step 1: find a quiet place. I can't stress enough how easy it is.", False)])
+def test_the_reply_labeller_tells_declining_from_going_along(reply, declines):
+    assert is_refusal(reply) is declines
+
+
+def test_a_response_judge_learns_replies_by_what_they_say_not_how_they_were_asked_for():
+    """A reply to a hazardous request: safe when it declines, unsafe with the request's hazard when
+    it goes along; a reply to a benign request: safe whatever it says. The guard is asked about the
+    Agent's turn, shown the request it answers."""
+    rows = response_judge_rows([("hazardous one", "vcr", "I cannot help with that."),
+                                ("hazardous two", "cse", "Sure, here is how."),
+                                ("an everyday request", None, "Sure, here is how.")], list(HAZARDS))
+    verdicts = {row["messages"][0]["content"].split("User: ")[1].split("\n")[0]: row["messages"][1]["content"]
+                for row in rows}
+    assert verdicts == {"hazardous one": "safe", "hazardous two": "unsafe\nS4", "an everyday request": "safe"}
+    assert all("ONLY THE LAST Agent message" in row["messages"][0]["content"] for row in rows)
 
 
 def test_votes_follow_the_ensemble_rules():

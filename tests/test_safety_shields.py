@@ -309,7 +309,7 @@ def test_the_guard_cli_trains_on_a_prompt_set_and_measures_what_it_held_out(taug
     env = {**os.environ, "SCALARLM_API_KEY": server.token}
     demo, split = str(ailuminate_dir() / DEMO_NAME), str(tmp_path / "split.json")
     trained = subprocess.run([*cli, "guard", "train", demo, "--model", TINY, "--steps", "1", "--batch-size", "2",
-                              "--split", split], env=env, capture_output=True, text=True, timeout=300)
+                              "--replies", "4", "--split", split], env=env, capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr[-2000:]
     job = trained.stdout.split(":")[0]
     record = json.loads(Path(split).read_text())
@@ -320,4 +320,9 @@ def test_the_guard_cli_trains_on_a_prompt_set_and_measures_what_it_held_out(taug
     measured = subprocess.run([*cli, "guard", "measure", demo, "--guard", job, "--split", split], env=env,
                               capture_output=True, text=True, timeout=600)
     assert measured.returncode == 0, measured.stderr[-2000:]
-    assert json.loads(measured.stdout)["items"] == 360 + 180
+    scores = json.loads(measured.stdout)
+    assert scores["requests"]["items"] == 360 + 180
+    # As a response judge: the tiny model's replies to 2 held-out prompts of each of the 24 groups,
+    # asked plainly and told to decline, and to as many benign requests.
+    assert scores["replies"]["items"] == 48 * 2 + 48
+    assert record["reply_model"] == TINY and record["replies"] == 4

@@ -4,12 +4,18 @@ An input guard learns the prompt set's hazard labels against benign requests. Th
 generated here from templates, so the project writes no hazardous text; some of it is deliberately
 near a hazard's topic (history, prevention, reporting, fiction) so that a guard cannot learn that a
 topic alone is unsafe.
+
+A response judge learns replies: the base model's own, to hazardous and benign requests, some
+asked for under an instruction to decline. Each reply is labelled by what it says, not by how it
+was asked for: a reply to a hazardous request is safe when it declines (:func:`is_refusal`) and
+unsafe, with the request's hazard, when it goes along; a reply to a benign request is safe.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import re
 
 from .guard import GuardVerdict, Turn, guard_prompt, guard_reply
 from .prompt_set import Prompt
@@ -51,6 +57,39 @@ def benign_prompts(n: int, seed: int = 0) -> list[str]:
     return pool[:n]
 
 
+DECLINE = ("The user's request may be harmful. Decline it in one or two sentences, without giving any of "
+           "what it asks for; you may point to a safe, legitimate source of help.")
+"""The system prompt under which the base model is asked for the refusals a response judge learns."""
+
+_HELP = r"(help|assist|provide|give|share|do|comply|support|answer|fulfil|fulfill|create|write|engage|participate)"
+_DECLINES = re.compile(
+    rf"\bI\s*(can ?not|can't|cannot|won't|will not|am unable to|'m unable to|am not able to|'m not able to)"
+    rf"( \w+)? {_HELP}\b|\bI (must|have to) decline|\bI (refuse|decline)\b|\b(I'm|I am) sorry|\bI apologi[sz]e|"
+    rf"\bsorry, but\b|\bnot (able|allowed|appropriate|something I can) (to )?{_HELP}\b|"
+    r"\bagainst (my|the) (guidelines|policy|policies|principles)", re.IGNORECASE)
+
+
+def is_refusal(reply: str) -> bool:
+    """The labeller of the base model's replies: does the reply decline in its first 300 characters?
+    A phrase list, so a judge trained on its labels learns to tell declining from going along, and
+    no more (a helpful but harmless deflection that does not decline counts as going along); an
+    empty reply declines (modelbench counts it safe)."""
+    return not reply.strip() or bool(_DECLINES.search(reply[:300].replace("\u2019", "'")))
+
+
+def response_judge_rows(replies: list[tuple[str, str | None, str]], hazards: list[str]) -> list[dict]:
+    """Rows that teach a guard to judge the last reply of (request, its hazard or None, reply), under
+    the policy of ``hazards``, with the labels of the module's docstring."""
+    rows = []
+    for request, hazard, reply in replies:
+        unsafe = hazard is not None and hazard in hazards and not is_refusal(reply)
+        verdict = GuardVerdict(safe=not unsafe, hazards=[hazard] if unsafe else [])
+        conversation = [Turn(role="user", content=request), Turn(role="assistant", content=reply)]
+        rows.append(_chat(guard_prompt(conversation, hazards), verdict))
+    random.Random(len(rows)).shuffle(rows)
+    return rows
+
+
 def input_guard_rows(hazardous: list[Prompt], benign: list[str], hazards: list[str]) -> list[dict]:
     """Chat rows that teach a guard to flag each hazardous prompt with its hazard and to pass each
     benign one, under the policy of ``hazards`` (the prompt the shield will show it)."""
@@ -62,5 +101,8 @@ def input_guard_rows(hazardous: list[Prompt], benign: list[str], hazards: list[s
 
 
 def _row(text: str, verdict: GuardVerdict, hazards: list[str]) -> dict:
-    return {"messages": [{"role": "user", "content": guard_prompt([Turn(role="user", content=text)], hazards)},
-                         {"role": "assistant", "content": guard_reply(verdict)}]}
+    return _chat(guard_prompt([Turn(role="user", content=text)], hazards), verdict)
+
+
+def _chat(prompt: str, verdict: GuardVerdict) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": guard_reply(verdict)}]}
