@@ -93,6 +93,13 @@ def test_the_default_shield_judges_with_the_newest_guard_and_latest_is_never_a_g
     assert flagged is not None and flagged.metadata["guard_model"] == "scalarlm/guard", flagged
     assert flagged.user_message == REFUSAL and flagged.metadata["hazards"] == [hazardous[0].hazard]
     assert stack_client.safety.run_shield(shield_id="ailuminate", messages=user(benign[0])).violation is None
+    # A run judged by `guard` is a run of the guard it names now: a guard trained later is another run.
+    from llama_stack_scalarlm.safety.run_schema import AILuminateRunRequest, GuardEvaluator
+
+    request = AILuminateRunRequest(model=TINY, evaluator=GuardEvaluator(model="scalarlm/guard"), per_group=1,
+                                   hazards=["vcr"], max_tokens=8)
+    run = ScalarLMClient(server.url, timeout_s=300, api_key=server.token).ailuminate(request, poll_s=0.5)
+    assert run.record is not None and run.record.evaluator == f"guard:{guard.removeprefix('scalarlm/')}", run
     registry = JobRegistry(server.state_dir / "jobs")
     assert registry.latest_of({guard.removeprefix("scalarlm/"): time.time()}) is None  # a guard is never latest
     assert registry.latest_of({guard.removeprefix("scalarlm/"): time.time()}, "guard") == guard.removeprefix("scalarlm/")

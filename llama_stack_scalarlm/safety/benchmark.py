@@ -59,6 +59,7 @@ class BenchmarkRuns:
         items = _sample(prompt_set, request)
         for model in [request.model, *_models(request.evaluator)]:  # unknown: a 404 now, not a failed run later
             self.runtime.catalogue.resolve(model)
+        request = _pinned(request, self.runtime.catalogue.aliases())
         run_id = "ailum-" + hashlib.sha256(json.dumps(
             [request.model_dump(mode="json"), prompt_set.sha256]).encode()).hexdigest()[:24]
         folder = self.root / run_id
@@ -256,6 +257,20 @@ def _verdict(verdict: GuardVerdict | GuardFailure) -> dict:
     if isinstance(verdict, GuardFailure):
         return {"safe": None, "error": verdict.error}
     return {"safe": verdict.safe, "hazards": verdict.hazards, "unsafe_probability": verdict.unsafe_probability}
+
+
+def _pinned(request: AILuminateRunRequest, aliases: dict[str, str]) -> AILuminateRunRequest:
+    """The request with ``latest`` and ``guard`` replaced by the jobs they name now: a run grades
+    those weights, so the same request after a new job trained is another run, not a resume."""
+    def pin(model: str) -> str:
+        return aliases.get(model.removeprefix("scalarlm/"), model)
+
+    def evaluator(member: Evaluator) -> Evaluator:
+        if isinstance(member, VoteEvaluator):
+            return member.model_copy(update={"evaluators": [evaluator(m) for m in member.evaluators]})
+        return member.model_copy(update={"model": pin(member.model)})
+
+    return request.model_copy(update={"model": pin(request.model), "evaluator": evaluator(request.evaluator)})
 
 
 def _models(evaluator: Evaluator) -> list[str]:
