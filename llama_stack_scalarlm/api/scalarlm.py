@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from llama_stack_api.router_utils import PUBLIC_ROUTE_KEY
 from pydantic import BaseModel, Field
 
+from ..auth.stack_client import INVALID_TOKEN, VALIDATE_PATH
 from ..queue.schema import QueueStats, RequestId, RequestStatus
 from ..registry.schema import JobStatus
 from ..registry.uploads import UploadSession
@@ -135,7 +136,7 @@ def create_router(impl: ScalarLM) -> APIRouter:
     async def queue_stats() -> QueueStats:
         return await impl.queue_stats()
 
-    @router.post("/auth/validate", response_model=Principal, include_in_schema=False,
+    @router.post(VALIDATE_PATH.removeprefix(PREFIX), response_model=Principal, include_in_schema=False,
                  openapi_extra={PUBLIC_ROUTE_KEY: True})
     async def validate(request: Request) -> Principal:
         """Called by the stack's ``custom`` auth provider with ``{api_key, request}``: 200 and the
@@ -146,7 +147,7 @@ def create_router(impl: ScalarLM) -> APIRouter:
             token = None
         principal = await impl.validate_token(token) if isinstance(token, str) else None
         if principal is None:
-            raise HTTPException(401, "invalid or revoked token (scalarlm token create)")
+            raise HTTPException(401, INVALID_TOKEN)
         return principal
 
     @router.post("/uploads", response_model=UploadSession, summary="Start an upload (or find the content stored)")

@@ -1,21 +1,57 @@
-"""One HTTP client for the stack's token checks, instead of one per request.
+"""The stack's token checks, answered in this process when they are addressed to this server.
 
-Llama Stack 0.7.3's ``custom`` auth provider (``llama_stack.core.server.auth_providers``) opens a
-new ``httpx.AsyncClient`` for every request it authenticates; building one loads the CA bundle,
-37 ms of CPU on the server's event loop per call (measured: 38 ms per authenticated request
-against 2 ms for the public health route). The provider's requests, endpoint and answers stay
-exactly as upstream makes them; only the client they go through is shared and kept open.
+Llama Stack 0.7.3's ``custom`` auth provider (``llama_stack.core.server.auth_providers``) checks
+every request's token with an HTTP POST to its endpoint, through a new ``httpx.AsyncClient`` each
+time. The distribution's endpoint is this server's own ``/v1/scalarlm/auth/validate``, so each
+user call cost the server a second call to itself on the same event loop: building the client
+took 37 ms of CPU (the CA bundle), and with one shared client the loopback round trip through the
+stack's middleware still took ~3 ms, twice per bulk poll or chat. Here the provider's client is one
+long-lived client whose transport answers a POST to the validate route on a loopback host in
+process, with exactly what the route answers (200 and the principal, or 401); any other endpoint
+(a token service elsewhere) goes over the network as upstream sends it. The provider's request
+and its parsing of the answer stay upstream's own.
 """
 
 from __future__ import annotations
 
+import json
 import types
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
+import httpx
 
-def share_auth_client() -> None:
-    """Idempotent: the stack's auth module sees an ``httpx`` whose ``AsyncClient()`` is one long-lived client."""
-    import httpx
+VALIDATE_PATH = "/v1/scalarlm/auth/validate"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+INVALID_TOKEN = "invalid or revoked token (scalarlm token create)"
+
+
+class _OwnValidation(httpx.AsyncBaseTransport):
+    """Answers this server's own token checks by calling ``principal(token)``; passes the rest on."""
+
+    def __init__(self, principal: Callable[[str], str | None]):
+        self._principal = principal
+        self._network = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "POST" or request.url.path != VALIDATE_PATH or request.url.host not in _LOOPBACK:
+            return await self._network.handle_async_request(request)
+        try:
+            token = json.loads(await request.aread())["api_key"]
+        except (ValueError, KeyError, TypeError):
+            token = None
+        name = self._principal(token) if isinstance(token, str) else None
+        if name is None:
+            return httpx.Response(401, json={"detail": INVALID_TOKEN})
+        return httpx.Response(200, json={"principal": name})
+
+    async def aclose(self) -> None:
+        await self._network.aclose()
+
+
+def answer_own_token_checks(principal: Callable[[str], str | None]) -> None:
+    """Idempotent: the stack's auth module sees an ``httpx`` whose ``AsyncClient()`` is one
+    long-lived client answering this server's token checks with ``principal``."""
     from llama_stack.core.server import auth_providers
 
     if getattr(auth_providers.httpx, "_scalarlm_shared", False):
@@ -29,7 +65,7 @@ def share_auth_client() -> None:
                 yield own
             return
         if not shared or shared[0].is_closed:
-            shared[:] = [httpx.AsyncClient()]
+            shared[:] = [httpx.AsyncClient(transport=_OwnValidation(principal))]
         yield shared[0]
 
     facade = types.ModuleType("httpx")

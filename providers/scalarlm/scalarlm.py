@@ -23,7 +23,7 @@ from llama_stack_scalarlm.api.worker import (
     ReportRequest,
     quiet_worker_access_log,
 )
-from llama_stack_scalarlm.auth.stack_client import share_auth_client
+from llama_stack_scalarlm.auth.stack_client import answer_own_token_checks
 from llama_stack_scalarlm.config import ScalarLMConfig
 from llama_stack_scalarlm.errors import UnknownJobError, UnknownUploadError
 from llama_stack_scalarlm.queue.admission import check_count
@@ -43,7 +43,7 @@ class ScalarLMProvider:
         self.runtime = ServerRuntime.get(ScalarLMConfig.load(config.model_dump(exclude_unset=True)))
         self.worker_credential = self.runtime.worker_credential
         quiet_worker_access_log()
-        share_auth_client()
+        answer_own_token_checks(self.runtime.tokens.principal)
 
     def request_body_limit(self) -> int:
         return self.runtime.config.limits.max_request_bytes
