@@ -4,10 +4,11 @@ Two workloads against one `llama stack run` server with one engine worker:
 - bulk: every prompt in one bulk call (``ScalarLMClient.generate``: client -> server -> durable
   queue -> engine worker -> vLLM -> back, results long-polled);
 - chat: 64 concurrent OpenAI chat completions (``openai.AsyncOpenAI``; interactive calls, each
-  waiting on its answer).
+  waiting on its answer, through Llama Stack's inference router and its store of completions).
 Baseline of each: the same requests run at once by an ``EngineCore`` in this process, built with the
-worker's own engine arguments; ``EngineCore.run`` is the worker's own call (chat template, tokens,
-sampling parameters, vLLM), so the ratio is what the path around the engine costs. Both engines
+worker's own engine arguments; ``EngineCore.run`` is the worker's own call (bulk: chat template,
+tokens, sampling parameters, vLLM; chat: the same OpenAI request body through vLLM's OpenAI layer,
+as the worker serves it), so the ratio is what the path around the engine costs. Both engines
 stay up, warm, through the run, and each pair is measured back to back.
 """
 
@@ -27,18 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness  # noqa: E402
 from llama_stack_scalarlm.client import ScalarLMClient  # noqa: E402
 from llama_stack_scalarlm.config import ScalarLMConfig  # noqa: E402
-from llama_stack_scalarlm.queue.schema import GenerationRequest, WorkItem  # noqa: E402
+from llama_stack_scalarlm.queue.schema import GenerationRequest, OpenAIRequest, WorkItem  # noqa: E402
 from tests.stack import StackServer  # noqa: E402
 
 _ids = itertools.count()
 
 
-def workloads(args) -> dict[str, list[GenerationRequest]]:
+def workloads(args) -> dict[str, list]:
     texts = [f"Write a short story about item number {i}." for i in range(max(args.prompts, args.chats))]
     common = dict(model=args.model, max_tokens=args.max_tokens, temperature=0)
     return {
         "bulk": [GenerationRequest(kind="completion", prompt=t, **common) for t in texts[:args.prompts]],
-        "chat": [GenerationRequest(kind="chat", messages=[{"role": "user", "content": t}], **common)
+        "chat": [OpenAIRequest(kind="openai.chat", model=args.model,
+                               body={"messages": [{"role": "user", "content": t}], **common})
                  for t in texts[:args.chats]],
     }
 
@@ -72,11 +74,17 @@ async def start_both(server: StackServer, state: Path, model: str):
         await started  # never left half started: the caller stops it
 
 
-async def in_process(core, requests: list[GenerationRequest]) -> float:
+async def in_process(core, requests: list[GenerationRequest | OpenAIRequest]) -> float:
     start = time.perf_counter()
     results = await asyncio.gather(*(core.run(WorkItem(id=f"bench-{next(_ids)}", lease="bench", request=r),
                                               lambda deltas: None) for r in requests))
-    return sum(r.completion_tokens for r in results) / (time.perf_counter() - start)
+    assert not any(r.error for r in results), [r.error for r in results if r.error][:1]
+    return sum(_tokens(r) for r in results) / (time.perf_counter() - start)
+
+
+def _tokens(result) -> int:
+    """Generated tokens: a bulk result counts them; an OpenAI answer carries its usage."""
+    return result.response["usage"]["completion_tokens"] if result.response is not None else result.completion_tokens
 
 
 def bulk(client: ScalarLMClient, requests: list[GenerationRequest]) -> float:
@@ -87,11 +95,10 @@ def bulk(client: ScalarLMClient, requests: list[GenerationRequest]) -> float:
     return sum(r.completion_tokens for r in results) / (time.perf_counter() - start)
 
 
-async def chats(client: openai.AsyncOpenAI, requests: list[GenerationRequest]) -> float:
+async def chats(client: openai.AsyncOpenAI, requests: list[OpenAIRequest]) -> float:
     start = time.perf_counter()
     responses = await asyncio.gather(*(
-        client.chat.completions.create(model=f"scalarlm/{r.model}", messages=r.messages, max_tokens=r.max_tokens,
-                                       temperature=r.temperature)
+        client.chat.completions.create(**{**r.body, "model": f"scalarlm/{r.model}"})
         for r in requests))
     return sum(r.usage.completion_tokens for r in responses) / (time.perf_counter() - start)
 
