@@ -125,7 +125,7 @@ def _loop(args: argparse.Namespace) -> int:
     except LoopError as exc:
         sys.exit(str(exc))
     settings = LoopSettings(rounds=args.rounds, samples=args.samples, method=args.method, epochs=args.epochs,
-                            learning_rate=args.lr, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                            learning_rate=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size, max_tokens=args.max_tokens,
                             temperature=args.temperature, train=dict(map(_setting, args.set)))
     try:
         records = run_loop(_client(args), args.model, task.prompts, task.heldout(), task.reward, settings,
@@ -364,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_argument("--method", choices=typing.get_args(LoopSettings.model_fields["method"].annotation),
                       default=given.method)
     loop.add_argument("--epochs", type=float, default=given.epochs, help="passes over a round's training rows")
-    loop.add_argument("--lr", type=float, default=given.learning_rate)
+    loop.add_argument("--lr", type=float, default=given.learning_rate, help="round 1's learning rate")
+    loop.add_argument("--lr-decay", type=float, default=given.lr_decay,
+                      help="each round's learning rate is the previous round's times this")
     loop.add_argument("--batch-size", type=int, default=given.batch_size)
     loop.add_argument("--max-tokens", type=int, default=given.max_tokens)
     loop.add_argument("--temperature", type=float, default=given.temperature,

@@ -41,7 +41,9 @@ class LoopSettings(BaseModel):
     method: Literal["expert_iteration", "grpo"] = "expert_iteration"
     epochs: float = Field(2.0, gt=0, description="passes over a round's training rows")
     batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="of round 1")
+    lr_decay: float = Field(0.5, gt=0, le=1, description="round k trains at learning_rate × lr_decay^(k-1): later "
+                            "rounds start from a model that already learned and train on more rows")
     lora_rank: int = Field(16, ge=1)
     seed: int = 0
     train: dict = Field(default_factory=dict, description="any other hyperparameter of the round's jobs")
@@ -55,6 +57,7 @@ class RoundRecord(BaseModel):
     samples: int = 0
     sample_reward: float | None = Field(None, description="mean reward of the round's samples")
     train_rows: int = 0
+    learning_rate: float | None = None
     heldout_reward: float = Field(..., description="mean reward of the greedy answers to the held-out prompts")
     generate_s: float = 0.0
     train_s: float = 0.0
@@ -117,7 +120,8 @@ def _round(client: ScalarLMClient, number: int, model: str, prompts: list[str], 
         dataset = client.upload(path)
     sequences = sum(len(r.get("completions", [r])) for r in rows)
     steps = max(1, math.ceil(sequences * settings.epochs / settings.batch_size))
-    job = client.train(model, dataset, steps=steps, learning_rate=settings.learning_rate,
+    learning_rate = settings.learning_rate * settings.lr_decay ** (number - 1)
+    job = client.train(model, dataset, steps=steps, learning_rate=learning_rate,
                        batch_size=settings.batch_size, lora=True, lora_rank=settings.lora_rank,
                        method="grpo" if settings.method == "grpo" else "sft",
                        **{"checkpoint_every": steps, "seed": settings.seed + number, **settings.train})
@@ -136,7 +140,7 @@ def _round(client: ScalarLMClient, number: int, model: str, prompts: list[str], 
     score = _evaluate(client, job, heldout, reward, settings)
     return RoundRecord(round=number, model=job, trained_from=model, prompts=len(prompts),
                        samples=sum(map(len, groups)), sample_reward=_mean([s for g in scores for s in g]),
-                       train_rows=len(rows), heldout_reward=score, generate_s=generate_s, train_s=train_s,
+                       train_rows=len(rows), learning_rate=learning_rate, heldout_reward=score, generate_s=generate_s, train_s=train_s,
                        serve_s=serve_s, evaluate_s=time.monotonic() - started)
 
 

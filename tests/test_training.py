@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from llama_stack_scalarlm.client import ScalarLMClient, _UploadCache
+from llama_stack_scalarlm.registry.jobs import JobRegistry
 
 from .conftest import TINY
 from .stack import ROOT, StackServer
@@ -496,6 +497,8 @@ def test_the_loop_runs_rounds_each_from_the_last_and_resumes(stack, client, tmp_
     assert again[:2] == first, "recorded rounds are kept, not run again"
     assert again[2].trained_from == first[1].model and client.job(again[2].model).parent_job_id == first[1].model
     assert again[2].sample_reward > first[1].sample_reward, "round two samples from the model round one taught"
+    trained = JobRegistry(stack.state_dir / "jobs").job(again[2].model).hyperparameters.learning_rate
+    assert trained == again[2].learning_rate == pytest.approx(settings.learning_rate * settings.lr_decay)
     assert all(r.train_s > 0 and r.generate_s > 0 for r in again[1:])
     assert json.loads((tmp_path / "loop" / "round-2.json").read_text())["model"] == again[2].model
     assert (tmp_path / "loop" / "heldout_reward.png").read_bytes()[:4] == b"\x89PNG"
