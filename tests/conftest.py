@@ -10,6 +10,9 @@ TINY = "tiny-llama"
 SMOL = "SmolLM2-135M-Instruct"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# vLLM inspects a model class in a subprocess (~9 s on 2 cores) unless its cache holds the answer.
+# Each test server has a state root of its own, so each would pay it: share one cache for the run.
+os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "vllm"))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 figures, so that ``make bench`` cannot break unnoticed when the code it drives changes.
 
 The smokes spend most of their time waiting (engines starting, SLURM jobs, checkpoints), so they
-run two at a time, longest first, from the module's first test on; each test checks its own."""
+run ``LANES`` at a time, longest first, from the module's first test on; each test checks its own."""
 
 from __future__ import annotations
 
