@@ -18,7 +18,7 @@ from llama_stack_scalarlm.client import ScalarLMClient
 from llama_stack_scalarlm.engine.gateway import WorkerGateway
 
 from .conftest import TINY
-from .stack import StackServer
+from .stack import StackServer, free_port
 
 PUBLIC = {("get", "/v1/health"), ("get", "/v1/version")}  # Llama Stack's own public routes (for monitoring)
 
@@ -144,3 +144,28 @@ def test_a_second_server_on_the_same_queue_is_refused(stack, tmp_path):
     with pytest.raises(RuntimeError, match="exited"):
         second.start(timeout_s=120)
     assert "owned by another server process" in (stack.state_dir / "server.log").read_text()
+
+
+def test_token_checks_to_this_process_are_answered_in_it_and_others_go_over_the_network():
+    """The stack's auth client answers a validate call addressed to a port this process listens
+    on without a connection (the listener here never accepts one); a call to a port it does not
+    listen on goes out over the network, as upstream sends it."""
+    from llama_stack_scalarlm.auth.stack_client import INVALID_TOKEN, VALIDATE_PATH, _OwnValidation
+
+    async def check():
+        listener = await asyncio.start_server(lambda r, w: pytest.fail("connected"), "127.0.0.1", 0)
+        own = listener.sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(transport=_OwnValidation({"good": "alice"}.get)) as client:
+            url = f"http://127.0.0.1:{own}{VALIDATE_PATH}"
+            ok = await client.post(url, json={"api_key": "good", "request": {}})
+            bad = await client.post(url, json={"api_key": "bad"})
+            malformed = await client.post(url, content=b"not json")
+            elsewhere = free_port()
+            with pytest.raises(httpx.ConnectError):
+                await client.post(f"http://127.0.0.1:{elsewhere}{VALIDATE_PATH}", json={"api_key": "good"})
+        listener.close()
+        return ok, bad, malformed
+
+    ok, bad, malformed = asyncio.run(check())
+    assert (ok.status_code, ok.json()) == (200, {"principal": "alice"})
+    assert bad.status_code == malformed.status_code == 401 and bad.json() == {"detail": INVALID_TOKEN}

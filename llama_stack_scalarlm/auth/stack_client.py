@@ -6,10 +6,11 @@ time. The distribution's endpoint is this server's own ``/v1/scalarlm/auth/valid
 user call cost the server a second call to itself on the same event loop: building the client
 took 37 ms of CPU (the CA bundle), and with one shared client the loopback round trip through the
 stack's middleware still took ~3 ms, twice per bulk poll or chat. Here the provider's client is one
-long-lived client whose transport answers a POST to the validate route on a loopback host in
-process, with exactly what the route answers (200 and the principal, or 401); any other endpoint
-(a token service elsewhere) goes over the network as upstream sends it. The provider's request
-and its parsing of the answer stay upstream's own.
+long-lived client whose transport answers a POST to the validate route on a loopback port that
+this process listens on, in process, with exactly what the route answers (200 and the principal,
+or 401); any other endpoint (a token service elsewhere, another server on this host) goes over
+the network as upstream sends it. The provider's request and its parsing of the answer stay
+upstream's own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import httpx
+import psutil
 
 VALIDATE_PATH = "/v1/scalarlm/auth/validate"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -32,9 +34,19 @@ class _OwnValidation(httpx.AsyncBaseTransport):
     def __init__(self, principal: Callable[[str], str | None]):
         self._principal = principal
         self._network = httpx.AsyncHTTPTransport()
+        self._ports: frozenset[int] = frozenset()
+
+    def _is_own(self, url: httpx.URL) -> bool:
+        """A loopback address on a port this process listens on (looked up once it listens)."""
+        if url.host not in _LOOPBACK:
+            return False
+        if not self._ports:
+            self._ports = frozenset(c.laddr.port for c in psutil.Process().net_connections(kind="tcp")
+                                    if c.status == psutil.CONN_LISTEN)
+        return url.port in self._ports
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method != "POST" or request.url.path != VALIDATE_PATH or request.url.host not in _LOOPBACK:
+        if request.method != "POST" or request.url.path != VALIDATE_PATH or not self._is_own(request.url):
             return await self._network.handle_async_request(request)
         try:
             token = json.loads(await request.aread())["api_key"]
