@@ -125,8 +125,9 @@ def _loop(args: argparse.Namespace) -> int:
     except LoopError as exc:
         sys.exit(str(exc))
     settings = LoopSettings(rounds=args.rounds, samples=args.samples, method=args.method, epochs=args.epochs,
-                            learning_rate=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                            temperature=args.temperature, train=dict(map(_setting, args.set)))
+                            learning_rate=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size,
+                            max_tokens=args.max_tokens, temperature=args.temperature,
+                            train=dict(map(_setting, args.set)))
     try:
         records = run_loop(_client(args), args.model, task.prompts, task.heldout(), task.reward, settings,
                            Path(args.out), progress=not args.quiet)

@@ -140,8 +140,9 @@ def _round(client: ScalarLMClient, number: int, model: str, prompts: list[str], 
     score = _evaluate(client, job, heldout, reward, settings)
     return RoundRecord(round=number, model=job, trained_from=model, prompts=len(prompts),
                        samples=sum(map(len, groups)), sample_reward=_mean([s for g in scores for s in g]),
-                       train_rows=len(rows), learning_rate=learning_rate, heldout_reward=score, generate_s=generate_s, train_s=train_s,
-                       serve_s=serve_s, evaluate_s=time.monotonic() - started)
+                       train_rows=len(rows), learning_rate=learning_rate, heldout_reward=score,
+                       generate_s=generate_s, train_s=train_s, serve_s=serve_s,
+                       evaluate_s=time.monotonic() - started)
 
 
 def _rows(prompts: list[str], groups: list[list[str]], scores: list[list[float]], method: str) -> list[dict]:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from llama_stack_api.router_utils import PUBLIC_ROUTE_KEY
 from pydantic import BaseModel, Field
 
-from ..auth.stack_client import INVALID_TOKEN, VALIDATE_PATH
+from ..auth.stack_client import INVALID_TOKEN, VALIDATE_PATH, api_key_of
 from ..queue.schema import QueueStats, RequestId, RequestStatus
 from ..registry.schema import JobStatus
 from ..registry.uploads import UploadSession
@@ -141,11 +141,8 @@ def create_router(impl: ScalarLM) -> APIRouter:
     async def validate(request: Request) -> Principal:
         """Called by the stack's ``custom`` auth provider with ``{api_key, request}``: 200 and the
         principal for a valid token, 401 for anything else."""
-        try:
-            token = (await request.json())["api_key"]
-        except (ValueError, KeyError, TypeError):
-            token = None
-        principal = await impl.validate_token(token) if isinstance(token, str) else None
+        token = api_key_of(await request.body())
+        principal = None if token is None else await impl.validate_token(token)
         if principal is None:
             raise HTTPException(401, INVALID_TOKEN)
         return principal

@@ -21,11 +21,21 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import httpx
-import psutil
+
+from ..listening import own_ports
 
 VALIDATE_PATH = "/v1/scalarlm/auth/validate"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 INVALID_TOKEN = "invalid or revoked token (scalarlm token create)"
+
+
+def api_key_of(body: bytes) -> str | None:
+    """The token in a validate call's body (``{api_key, request}``), or None when there is none."""
+    try:
+        token = json.loads(body)["api_key"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return token if isinstance(token, str) else None
 
 
 class _OwnValidation(httpx.AsyncBaseTransport):
@@ -41,18 +51,14 @@ class _OwnValidation(httpx.AsyncBaseTransport):
         if url.host not in _LOOPBACK:
             return False
         if not self._ports:
-            self._ports = frozenset(c.laddr.port for c in psutil.Process().net_connections(kind="tcp")
-                                    if c.status == psutil.CONN_LISTEN)
+            self._ports = own_ports()
         return url.port in self._ports
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method != "POST" or request.url.path != VALIDATE_PATH or not self._is_own(request.url):
             return await self._network.handle_async_request(request)
-        try:
-            token = json.loads(await request.aread())["api_key"]
-        except (ValueError, KeyError, TypeError):
-            token = None
-        name = self._principal(token) if isinstance(token, str) else None
+        token = api_key_of(await request.aread())
+        name = None if token is None else self._principal(token)
         if name is None:
             return httpx.Response(401, json={"detail": INVALID_TOKEN})
         return httpx.Response(200, json={"principal": name})

@@ -22,9 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import psutil
-
 from ..config import ScalarLMConfig
+from ..listening import own_ports
 from ..queue.service import QueueService
 from .pool import EnginePlan, FullFinetune, plan_engines
 
@@ -161,11 +160,9 @@ class WorkerSupervisor:
 
     def _discover_own_url(self) -> str | None:
         """The port uvicorn listens on (``--port`` wins over the run config, so ask the socket)."""
-        me = psutil.Process()
         while not self._stop.is_set():
-            ports = sorted({c.laddr.port for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN})
-            if ports:
-                return f"http://127.0.0.1:{ports[0]}"
+            if ports := own_ports():
+                return f"http://127.0.0.1:{min(ports)}"
             self._stop.wait(0.2)
         return None
 
