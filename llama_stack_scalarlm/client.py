@@ -248,8 +248,9 @@ class ScalarLMClient:
 
     def ailuminate(self, request: AILuminateRunRequest,
                    progress: Callable[[AILuminateRun], None] | None = None, poll_s: float = 2.0) -> AILuminateRun:
-        """Grade a model on AILuminate and wait for the record. A run interrupted (a server restart,
-        this call stopped) resumes where it stopped when started again: same request, same run."""
+        """Grade a model on AILuminate and wait for the record. A run interrupted by a server restart
+        resumes by itself when the server is back; one whose caller stopped waiting runs on; either
+        is found again by starting it again: same request, same run."""
         run = AILuminateRun.model_validate(self._post("/v1/scalarlm/safety/ailuminate", request.model_dump(mode="json")))
         while True:
             if progress:
@@ -260,6 +261,12 @@ class ScalarLMClient:
             response = self._http.get(f"/v1/scalarlm/safety/ailuminate/{run.run_id}")
             _raise(response)
             run = AILuminateRun.model_validate(response.json())
+
+    def cancel_ailuminate(self, run_id: str) -> AILuminateRun:
+        """Stop a run: it stays stopped through server restarts until started again (which resumes it)."""
+        response = self._http.delete(f"/v1/scalarlm/safety/ailuminate/{run_id}")
+        _raise(response)
+        return AILuminateRun.model_validate(response.json())
 
     def _post(self, path: str, body: dict) -> dict:
         response = self._http.post(path, json=body)

@@ -70,9 +70,10 @@ class ServerRuntime:
                              self.config.ailuminate_dir or self.config.state_dir / "ailuminate")
 
     def start_loop_tasks(self) -> None:
-        """The runtime's tasks that live on the server's event loop: the safety gate. The stack
-        also lists models while it initializes, in a loop of its own that it then closes, so a
-        task is (re)started on whichever loop calls this and holds none alive."""
+        """The runtime's tasks that live on the server's event loop: the safety gate, and the
+        AILuminate runs a stopped server left unfinished. The stack also lists models while it
+        initializes, in a loop of its own that it then closes, so they are (re)started on whichever
+        loop calls this and holds none alive."""
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -80,6 +81,7 @@ class ServerRuntime:
             from .safety.gate import SafetyGateService
 
             self._gate = loop.create_task(SafetyGateService(self).run_forever())
+            self.benchmarks.resume_interrupted()
 
     def submit(self, requests: Sequence[WorkRequest], owner: str, priority: int = BULK) -> list[str]:
         check_requests(requests, self.config.limits, self.config.max_model_len)

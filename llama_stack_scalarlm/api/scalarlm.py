@@ -106,6 +106,7 @@ class ScalarLM(WorkerProtocol, Protocol):
     async def slurm_queue(self) -> list[QueueEntry]: ...
     async def start_ailuminate(self, request: AILuminateRunRequest) -> AILuminateRun: ...
     async def ailuminate_run(self, run_id: str) -> AILuminateRun: ...
+    async def cancel_ailuminate(self, run_id: str) -> AILuminateRun: ...
     def request_body_limit(self) -> int: ...
 
 
@@ -179,6 +180,11 @@ def create_router(impl: ScalarLM) -> APIRouter:
     @router.get("/safety/ailuminate/{run_id}", response_model=AILuminateRun, summary="A run's progress and record")
     async def ailuminate_run(run_id: str) -> AILuminateRun:
         return await impl.ailuminate_run(run_id)
+
+    @router.delete("/safety/ailuminate/{run_id}", response_model=AILuminateRun,
+                   summary="Cancel a run (what it journaled stays: starting it again resumes it; a restart does not)")
+    async def cancel_ailuminate(run_id: str) -> AILuminateRun:
+        return await impl.cancel_ailuminate(run_id)
 
     streamed = APIRouter(prefix=PREFIX, tags=["scalarlm"])  # a streamed body: bounded by the upload's size
 

@@ -5,7 +5,8 @@ each response, and grade per hazard and overall.
 A run is a folder under ``<state_dir>/safety/runs/<run id>``, the id hashing what determines its
 result (the request and the prompt set's sha256), so asking again resumes it: the journal
 (``journal.jsonl``) records every response and verdict as it arrives, and a resumed run asks
-neither again. The journal holds responses and prompt ids, never a prompt's text.
+neither again. The journal holds responses and prompt ids, never a prompt's text. A server that
+starts resumes by itself every run a stopped server left unfinished, unless it was cancelled.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -40,6 +42,8 @@ from .vote import vote
 
 REFERENCE_FILE = "reference-standard-v1.1.json"  # the demo and practice sets' standard, beside the prompt sets
 _RUN_ID = re.compile(r"ailum-[0-9a-f]{24}")
+CANCELLED = "cancelled"  # a marker in a run's folder: a restarted server leaves the run alone
+log = logging.getLogger("scalarlm.safety")
 
 
 class BenchmarkRuns:
@@ -50,10 +54,28 @@ class BenchmarkRuns:
         self._tasks: dict[str, asyncio.Task] = {}
         self._progress: dict[str, Progress] = {}
         self._errors: dict[str, str] = {}
-        self._cancelled: set[str] = set()
 
     async def start(self, request: AILuminateRunRequest, owner: str) -> AILuminateRun:
         """Starts the run, or resumes it, or returns it when it is running or finished."""
+        return self.status(self._launch(request, owner), owner)
+
+    def resume_interrupted(self) -> None:
+        """Continue, on the running event loop, each run that a stopped server left unfinished and
+        nobody cancelled. One that cannot go on (its prompt set or model gone) reports why."""
+        for stored in sorted(self.root.glob("ailum-*/request.json")):
+            folder = stored.parent
+            if (folder / "record.json").exists() or (folder / CANCELLED).exists() or self._running(folder.name):
+                continue
+            try:
+                saved = json.loads(stored.read_text())
+                self._launch(AILuminateRunRequest.model_validate(saved["request"]), saved["owner"], folder.name)
+                log.info("resumed AILuminate run %s", folder.name)
+            except Exception as exc:  # noqa: BLE001 (the run's status says why; the others go on)
+                self._errors[folder.name] = f"not resumed: {exc}"
+                log.warning("AILuminate run %s not resumed: %s", folder.name, exc)
+
+    def _launch(self, request: AILuminateRunRequest, owner: str, resuming: str | None = None) -> str:
+        """The run's id, its task started unless it is running or finished."""
         path = self._prompt_set_path(request)
         prompt_set = _load(path, request.locale)
         items = _sample(prompt_set, request)
@@ -62,15 +84,23 @@ class BenchmarkRuns:
         request = _pinned(request, self.runtime.catalogue.aliases())
         run_id = "ailum-" + hashlib.sha256(json.dumps(
             [request.model_dump(mode="json"), prompt_set.sha256]).encode()).hexdigest()[:24]
+        if resuming is not None and run_id != resuming:
+            raise InvalidFieldError("prompt_set", "the prompt set changed since the run started")
         folder = self.root / run_id
-        if not (folder / "record.json").exists() and run_id not in self._tasks:
+        if not (folder / "record.json").exists() and not self._running(run_id):
             self._errors.pop(run_id, None)
-            self._cancelled.discard(run_id)
             folder.mkdir(parents=True, exist_ok=True)
+            (folder / CANCELLED).unlink(missing_ok=True)
             (folder / "request.json").write_text(json.dumps({"owner": owner, "request": request.model_dump(mode="json")}))
             self._tasks[run_id] = asyncio.create_task(
                 self._run(run_id, folder, request, prompt_set.sha256, items, owner, path.parent))
-        return self.status(run_id, owner)
+        return run_id
+
+    def _running(self, run_id: str) -> bool:
+        """A task of this event loop, not done: the stack first lists models on a loop of its own,
+        which it then drops, and a run started there must start again on the server's loop."""
+        task = self._tasks.get(run_id)
+        return task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
 
     def groups(self, prompt_set: str, locale: str, hazards: list[str]) -> int:
         """How many (hazard, persona) groups a stratified sample of this prompt set has."""
@@ -80,10 +110,9 @@ class BenchmarkRuns:
 
     def cancel(self, run_id: str, owner: str) -> None:
         """Stops the run; what it journaled stays, so starting it again resumes it."""
-        self._folder(run_id, owner)
-        task = self._tasks.get(run_id)
-        if task is not None:
-            self._cancelled.add(run_id)
+        folder = self._folder(run_id, owner)
+        (folder / CANCELLED).touch()
+        if (task := self._tasks.get(run_id)) is not None:
             task.cancel()
 
     def generations(self, run_id: str, owner: str) -> list[dict]:
@@ -117,12 +146,12 @@ class BenchmarkRuns:
                                  progress=done, record=record,
                                  error="; ".join(record.consistency) or None)
         progress = self._progress.get(run_id, Progress(items=0, responses=0, annotations=0))
-        if run_id in self._cancelled:
+        if (folder / CANCELLED).exists():
             return AILuminateRun(run_id=run_id, state="cancelled", progress=progress,
                                  error="cancelled: start the same run again to resume it")
         if run_id in self._errors:
             return AILuminateRun(run_id=run_id, state="failed", progress=progress, error=self._errors[run_id])
-        if run_id not in self._tasks:  # started by a server that has since stopped: ask again to resume
+        if not self._running(run_id):  # started by a server that has since stopped: ask again to resume
             return AILuminateRun(run_id=run_id, state="failed", progress=progress,
                                  error="interrupted: start the same run again to resume it")
         return AILuminateRun(run_id=run_id, state="running", progress=progress)
@@ -169,7 +198,8 @@ class BenchmarkRuns:
             self._errors[run_id] = f"{type(exc).__name__}: {exc}"
         finally:
             journal.close()
-            self._tasks.pop(run_id, None)
+            if self._tasks.get(run_id) is asyncio.current_task():
+                self._tasks.pop(run_id)
 
     async def _respond(self, model: str, prompt: Prompt, request: AILuminateRunRequest, owner: str,
                        journal: Journal) -> dict:

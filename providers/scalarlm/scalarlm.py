@@ -138,6 +138,10 @@ class ScalarLMProvider:
     async def ailuminate_run(self, run_id: str) -> AILuminateRun:
         return self.runtime.benchmarks.status(run_id, principal())
 
+    async def cancel_ailuminate(self, run_id: str) -> AILuminateRun:
+        self.runtime.benchmarks.cancel(run_id, principal())
+        return self.runtime.benchmarks.status(run_id, principal())
+
     def _upload(self, upload_id: str) -> UploadSession:
         try:
             return self.runtime.training.uploads.session(upload_id)
