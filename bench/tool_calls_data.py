@@ -2,9 +2,11 @@
 
 A request names its tool's task in one of several phrasings; the model sees the right tool among
 distractors and must call it with arguments valid against its schema, then answer from the
-tool's result. About a fifth of the requests fit no tool offered and must be answered without a
-call. Held out from training: two of the tools (new names and schemas), a phrasing of every
-trained tool, and the argument values (cities, words, amounts) the held-out requests use.
+tool's result. A third of the requests fit no tool offered and must be answered without a call:
+small talk, and near misses that name a tool's subject (a city, a word, a currency, minutes) but
+ask for something else. Held out from training: two of the tools (new names and schemas), a
+phrasing of every trained tool, the argument values (cities, words, amounts) the held-out
+requests use, and a third of the requests no tool fits.
 """
 
 from __future__ import annotations
@@ -108,6 +110,22 @@ NO_TOOL = [  # (request, answer): nothing offered fits
     ("Name three primary colours.", "Red, yellow and blue."),
     ("How many days are in a week?", "There are seven days in a week."),
 ]
+CAPITALS = {"Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo", "Chile": "Santiago", "Nepal": "Kathmandu",
+            "Ghana": "Accra", "Spain": "Madrid", "Japan": "Tokyo", "Egypt": "Cairo"}
+CURRENCY_NAMES = {"USD": "the United States dollar", "EUR": "the euro", "GBP": "the British pound",
+                  "JPY": "the Japanese yen", "CHF": "the Swiss franc"}
+NEAR_MISSES = [  # (request, answer) for each value: a tool's subject, not its task
+    [(f"How do you spell {c}?", f"{c} is spelled {'-'.join(c.upper())}.") for c in CITIES],
+    [(f"Write one line of poetry about {c}.", f"In {c} the evening light falls softly on the streets.")
+     for c in CITIES],
+    [(f"What is the capital of {country}?", f"The capital of {country} is {capital}.")
+     for country, capital in CAPITALS.items()],
+    [(f"How many letters are in the word {w}?", f"The word {w} has {len(w)} letters.")
+     for w in ("serene", "frugal", "candid", "verbose", "nimble", "arid", "lucid", "ample", "brisk")],
+    [(f"How many seconds are in {m} minutes?", f"{m} minutes are {60 * m} seconds.") for m in (5, 12, 30, 45, 3, 90)],
+    [(f"What does the currency code {code} stand for?", f"{code} stands for {name}.")
+     for code, name in CURRENCY_NAMES.items()],
+]
 
 
 @dataclass(frozen=True)
@@ -131,15 +149,21 @@ def _offer(rng: random.Random, task: Task | None, pool: list[Task]) -> list[dict
     return offered
 
 
+def no_tool(held_out: bool) -> list[tuple[str, str]]:
+    """(request, answer) pairs no tool fits: a third of the small talk and of each near miss's values
+    held out."""
+    return [pair for group in (NO_TOOL, *NEAR_MISSES) for pair in _split(tuple(group), held_out)]
+
+
 def requests(n: int, held_out: bool, seed: int) -> list[Request]:
-    """``n`` requests: ~20% with no fitting tool; held out, half the tool requests use the held-out tools."""
+    """``n`` requests: a third with no fitting tool; held out, half the tool requests use the held-out tools."""
     rng = random.Random(seed)
     out = []
-    no_tool = _split(tuple(NO_TOOL), held_out)
+    no_tool_pairs = no_tool(held_out)
     pool = TASKS + HELD_OUT_TASKS if held_out else TASKS
     for i in range(n):
-        if i % 5 == 4:
-            text, _ = rng.choice(no_tool)
+        if i % 3 == 2:
+            text, _ = rng.choice(no_tool_pairs)
             out.append(Request([{"role": "user", "content": text}], _offer(rng, None, pool), None, None))
             continue
         if held_out and i % 2:
@@ -157,7 +181,7 @@ def requests(n: int, held_out: bool, seed: int) -> list[Request]:
 def training_rows(n: int, seed: int = 0) -> list[dict]:
     """Whole conversations: the call, the tool's result, the answer from it (or the plain answer)."""
     rows = []
-    answers = dict(NO_TOOL)
+    answers = dict(no_tool(held_out=False))
     tasks = {t.name: t for t in TASKS}
     for i, request in enumerate(requests(n, held_out=False, seed=seed)):
         if request.expected is None:

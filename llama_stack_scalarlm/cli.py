@@ -143,9 +143,13 @@ def _loop(args: argparse.Namespace) -> int:
 
 def _ailuminate(args: argparse.Namespace) -> int:
     """Grade a model on AILuminate; the record goes to ``<out>/<run id>.json``, the chart beside it."""
-    from .safety.run_schema import AILuminateRunRequest, GuardEvaluator
+    from .safety.run_schema import AILuminateRunRequest, GuardEvaluator, JudgeEvaluator, VoteEvaluator
 
-    request = AILuminateRunRequest(model=args.model, evaluator=GuardEvaluator(model=args.guard),
+    members = [GuardEvaluator(model=m) for m in args.guard] + [JudgeEvaluator(model=m) for m in args.judge]
+    if not members:
+        sys.exit("eval ailuminate: name an evaluator: --guard MODEL or --judge MODEL (several vote)")
+    evaluator = members[0] if len(members) == 1 else VoteEvaluator(evaluators=members)
+    request = AILuminateRunRequest(model=args.model, evaluator=evaluator,
                                    prompt_set=args.prompt_set, locale=args.locale, per_group=args.per_hazard,
                                    hazards=args.hazard, seed=args.seed, max_tokens=args.max_tokens)
     bar = tqdm(total=0, unit="item", disable=args.quiet)
@@ -381,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                                        required=True)
     ailuminate = evaluate.add_parser("ailuminate", help="MLCommons AILuminate: per-hazard and overall grades")
     ailuminate.add_argument("--model", required=True, help="the model graded (a base model or a trained job)")
-    ailuminate.add_argument("--guard", required=True, help="the evaluator: a served Llama Guard-format guard model")
+    ailuminate.add_argument("--guard", action="append", default=[],
+                            help="an evaluator: a served Llama Guard-format guard model (repeatable)")
+    ailuminate.add_argument("--judge", action="append", default=[],
+                            help="an evaluator: any served model, asked in plain words whether each reply is safe "
+                                 "(repeatable; two or more evaluators vote by MLCommons' ensemble rules)")
     ailuminate.add_argument("--prompt-set", default="demo", choices=["demo", "practice", "official"])
     ailuminate.add_argument("--locale", default="en_us")
     ailuminate.add_argument("--per-hazard", type=int, help="prompts per hazard and persona (default: all)")

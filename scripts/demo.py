@@ -7,7 +7,9 @@ on made-up facts and on generated tool-use conversations with `scalarlm train`, 
 asks the trained model, served under its job id with no restart, what it was taught; runs a
 llama-stack-client `Agent` turn with a client tool that the trained model calls; plots the loss
 curve; runs two rounds of the flywheel (`scalarlm loop examples/addition.py`), each trained from
-the last, and checks that held-out accuracy rose. State lives in ./.state.
+the last, and checks that held-out accuracy rose; and ends with an AILuminate grade of the model it
+trained (`scalarlm eval ailuminate`, where MLCommons' demo prompt set is found). State lives in
+./.state.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import openai
 from llama_stack_client import Agent, LlamaStackClient
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import tool_calls_data  # noqa: E402  (the generated tool-use conversations the tool-calls bench trains on)
+from tests.ailuminate import find_ailuminate_dir  # noqa: E402  (../shared/data/ailuminate or $SCALARLM_AILUMINATE_DIR)
 
 STATE = Path(os.environ.get("SCALARLM_STATE_DIR", ROOT / ".state"))
 PORT = int(os.environ.get("LLAMA_STACK_PORT", "8321"))
@@ -124,9 +127,33 @@ def flywheel(env: dict[str, str]) -> None:
         sys.exit("demo check failed: two rounds of the loop did not raise held-out accuracy")
 
 
+def safety_grade(env: dict[str, str], job: str) -> None:
+    """The trained model graded on AILuminate: one prompt per hazard and persona of the demo set (24),
+    each reply judged by SmolLM2 asked in plain words. A 135M judge is a demonstration of the run,
+    not a safety evaluation; `scalarlm guard train` makes a judge of the platform's own."""
+    if "SCALARLM_AILUMINATE_DIR" not in env:
+        step("AILuminate grade: skipped, no demo prompt set found (set SCALARLM_AILUMINATE_DIR to the folder "
+             "holding MLCommons' airr_official_1.0_demo_en_us_prompt_set_release.csv)")
+        return
+    step(f"scalarlm eval ailuminate --model {job} --judge SmolLM2-135M-Instruct --per-hazard 1  (24 prompts of "
+         "AILuminate's demo set, each reply judged; grades per hazard and overall)")
+    out = STATE / "ailuminate"
+    graded = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", URL, "eval", "ailuminate",
+                             "--model", job, "--judge", "SmolLM2-135M-Instruct", "--per-hazard", "1",
+                             "--max-tokens", "64", "--out", str(out), "--quiet"], env=env, capture_output=True,
+                            text=True)
+    print(graded.stdout.strip())
+    if graded.returncode not in (0, 1) or not list(out.glob("ailum-*.json")):  # 1: the record fails its consistency check
+        sys.exit(f"demo check failed: no AILuminate record\n{graded.stderr[-2000:]}")
+    if graded.returncode == 1:
+        print(graded.stderr.strip().splitlines()[-1])
+
+
 def main() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SCALARLM_STATE_DIR": str(STATE), "LLAMA_STACK_PORT": str(PORT)}
+    if ailuminate := find_ailuminate_dir():
+        env["SCALARLM_AILUMINATE_DIR"] = str(ailuminate)
     step("bash slurm/cluster.sh start  (a real single-node SLURM cluster; apt installs it on first use)")
     subprocess.run([*CLUSTER, "start"], env=env, check=True)
     try:
@@ -204,7 +231,9 @@ def serve_and_train(env: dict[str, str]) -> None:
         agent_turn(token, f"scalarlm/{job}")
         subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True, env=env)
         flywheel(env)
-        step(f"demo passed (loss curve: {STATE / 'loss.png'}; held-out accuracy by round: {LOOP / 'heldout_reward.png'})")
+        safety_grade(env, job)
+        step(f"demo passed (loss curve: {STATE / 'loss.png'}; held-out accuracy by round: {LOOP / 'heldout_reward.png'}; "
+             f"AILuminate grades: {STATE / 'ailuminate'})")
     finally:
         server.terminate()
         server.wait(timeout=60)

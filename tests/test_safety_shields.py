@@ -202,6 +202,27 @@ def test_ailuminate_run_gives_a_complete_record_and_resumes_without_asking_again
     assert (tmp_path / f"{run.run_id}.json").exists() and (tmp_path / f"{run.run_id}.png").stat().st_size > 1000
 
 
+def test_the_cli_grades_with_a_judge_or_a_vote_and_names_a_missing_evaluator(taught, tmp_path):
+    from llama_stack_scalarlm.safety.run_schema import AILuminateRecord
+
+    server, guard, _, _ = taught
+
+    def cli(*evaluators: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", server.url, "eval", "ailuminate",
+                               "--model", TINY, *evaluators, "--per-hazard", "1", "--max-tokens", "8", "--hazard", "vcr",
+                               "--out", str(tmp_path), "--quiet"], env={**os.environ, "SCALARLM_API_KEY": server.token},
+                              capture_output=True, text=True, timeout=300)
+
+    missing = cli()
+    assert missing.returncode != 0 and "--guard" in missing.stderr and "--judge" in missing.stderr
+    for evaluators, name in ((["--judge", TINY], f"judge:{TINY}"),
+                             (["--guard", guard, "--judge", TINY], f"vote(guard:{guard},judge:{TINY})")):
+        done = cli(*evaluators)
+        assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: the tiny evaluators' verdicts fail the check
+        records = [AILuminateRecord.model_validate_json(p.read_text()) for p in tmp_path.glob("*.json")]
+        assert any(r.evaluator == name and r.items == 2 for r in records), [r.evaluator for r in records]
+
+
 @pytest.mark.parametrize("change, field", [({"per_group": 0}, "per_group"), ({"hazards": ["xyz"]}, "hazards"),
                                            ({"locale": "de_de"}, "locale"), ({"model": "no-such-model"}, "model"),
                                            ({"prompt_set": "practice"}, "prompt_set")])
