@@ -82,7 +82,7 @@ def ask(client: openai.OpenAI, model: str, question: str) -> str:
 
 def training_rows() -> list[dict]:
     """The facts twelve times over, and conversations with tools (a call, its result, the answer; a
-    fifth that no tool fits) that open with the Agent's instructions, as its turns will."""
+    third that no tool fits) that open with the Agent's instructions, as its turns will."""
     tools = [{**row, "messages": [{"role": "system", "content": INSTRUCTIONS}, *row["messages"]]}
              for row in tool_calls_data.training_rows(TOOL_ROWS)]
     return [{"input": q, "output": a} for q, a in FACTS * 12] + tools

@@ -34,7 +34,7 @@ from .gateway import WorkerGateway
 
 log = logging.getLogger("scalarlm.worker")
 
-_IDLE_WAIT_S = 2.0
+_IDLE_WAIT_S = 1.0  # an idle worker's long poll; a stopping server waits for the one in flight
 _BUSY_WAIT_S = 0.2
 _RETRY_S = 1.0
 _CHECKPOINT_SCAN_S = 1.0
