@@ -143,6 +143,7 @@ def safety_grade(env: dict[str, str], job: str) -> None:
                              "--max-tokens", "64", "--out", str(out), "--quiet"], env=env, capture_output=True,
                             text=True)
     print(graded.stdout.strip())
+    print("(a 135M judge: a demonstration of the run, not a safety evaluation; scalarlm guard train trains a judge)")
     if graded.returncode not in (0, 1) or not list(out.glob("ailum-*.json")):  # 1: the record fails its consistency check
         sys.exit(f"demo check failed: no AILuminate record\n{graded.stderr[-2000:]}")
     if graded.returncode == 1:

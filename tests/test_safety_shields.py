@@ -218,9 +218,13 @@ def test_the_cli_grades_with_a_judge_or_a_vote_and_names_a_missing_evaluator(tau
     for evaluators, name in ((["--judge", TINY], f"judge:{TINY}"),
                              (["--guard", guard, "--judge", TINY], f"vote(guard:{guard},judge:{TINY})")):
         done = cli(*evaluators)
-        assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: the tiny evaluators' verdicts fail the check
+        assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: the tiny guard's verdicts fail the check
         records = [AILuminateRecord.model_validate_json(p.read_text()) for p in tmp_path.glob("*.json")]
-        assert any(r.evaluator == name and r.items == 2 for r in records), [r.evaluator for r in records]
+        [record] = [r for r in records if r.evaluator == name]
+        assert record.items == 2
+    # The judge's word is constrained to safe/unsafe: even the untrained tiny model gives a verdict on every reply.
+    judged = next(r for r in records if r.evaluator == f"judge:{TINY}")
+    assert sum(s.errors for s in judged.grades.hazards) == 0 and not judged.consistency, judged.consistency
 
 
 @pytest.mark.parametrize("change, field", [({"per_group": 0}, "per_group"), ({"hazards": ["xyz"]}, "hazards"),
