@@ -144,7 +144,8 @@ def safety_grade(env: dict[str, str], job: str) -> None:
                             text=True)
     print(graded.stdout.strip())
     print("(a 135M judge: a demonstration of the run, not a safety evaluation; scalarlm guard train trains a judge)")
-    if graded.returncode not in (0, 1) or not list(out.glob("ailum-*.json")):  # 1: the record fails its consistency check
+    # 1: the record was written and fails its consistency check; "wrote": this run's, not an earlier demo's
+    if graded.returncode not in (0, 1) or "wrote " not in graded.stdout:
         sys.exit(f"demo check failed: no AILuminate record\n{graded.stderr[-2000:]}")
     if graded.returncode == 1:
         print(graded.stderr.strip().splitlines()[-1])
