@@ -581,8 +581,14 @@ def test_sbatch_script(tmp_path):
     cpu = job.model_copy(update={"hyperparameters": Hyperparameters(processes_per_node=2)})
     cpu_script = render_sbatch_script(cpu, job_dir, sys.executable)
     assert "#SBATCH --nodes=1" in cpu_script and "--gres" not in cpu_script and "--cpus-per-task=2" in cpu_script
+    assert "--nproc-per-node=2" in cpu_script
     path.write_text(cpu_script)
     subprocess.run(["bash", "-n", str(path)], check=True)
+
+    # one process on one node: srun starts the trainer itself, without torchrun's start-up
+    lone = render_sbatch_script(job.model_copy(update={"hyperparameters": Hyperparameters()}), job_dir, sys.executable)
+    assert "torch.distributed.run" not in lone
+    assert f'--ntasks-per-node=1 {sys.executable} -m llama_stack_scalarlm.trainer "$JOB_DIR" &' in lone
 
 
 def test_control_plane_imports_do_not_load_torch():

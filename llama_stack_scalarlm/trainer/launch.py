@@ -1,9 +1,11 @@
 """The sbatch script of a training job: srun starts one torchrun per node, torchrun the trainer ranks.
+A job of one process on one node has srun start the trainer itself: torchrun would add ~3 s of
+start-up (its own torch import, a rendezvous store) and the trainer runs as one process without it.
 
 No torch here: the control plane renders the script. Signals: SLURM sends SIGUSR1 to the batch
 shell 60 s before the time limit (``--signal=B:USR1@60``) and SIGTERM on a cancel or preemption.
 The script forwards either to srun, srun to the torchrun on each node, torchrun (``--signals-to-handle``) to
-the trainer ranks, which checkpoint at the next step boundary and exit with
+the trainer ranks (or srun straight to a lone trainer), which checkpoint at the next step boundary and exit with
 :data:`PREEMPTED_EXIT_CODE`, recording state QUEUED / "preempted" in ``status.json``. torchrun
 reports any worker exit as 1, so the script also reads that record before it requeues itself
 (``scontrol requeue``; ``--requeue`` permits it); the requeued job resumes from the checkpoint.
@@ -59,14 +61,15 @@ def render_sbatch_script(job: TrainingJob, job_dir: Path, python: str, cpus_per_
         "--open-mode=append",
     ]
     header = "\n".join(f"#SBATCH {line}" for line in sbatch)
-    torchrun = " ".join([
+    trainer = [q(python), "-m", "llama_stack_scalarlm.trainer", '"$JOB_DIR"']
+    launcher = " ".join(trainer) if hp.nodes == 1 and procs == 1 else " ".join([
         q(python), "-m", "torch.distributed.run",
         f"--nnodes={hp.nodes}", f"--nproc-per-node={procs}",
         "--rdzv-backend=c10d", '--rdzv-endpoint="$HEAD:$PORT"', '--rdzv-id="$SLURM_JOB_ID"',
         "--max-restarts=0",
         "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
         f"--shutdown-timeout={10 * SIGNAL_LEAD_S}",
-        "-m", "llama_stack_scalarlm.trainer", '"$JOB_DIR"',
+        *trainer[1:],
     ])
     return f"""#!/bin/bash
 {header}
@@ -91,7 +94,7 @@ trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
 : > "$JOB_DIR/.sbatch-started"
-srun --kill-on-bad-exit=1 --ntasks-per-node=1 {torchrun} &
+srun --kill-on-bad-exit=1 --ntasks-per-node=1 {launcher} &
 SRUN_PID=$!
 while :; do
   wait "$SRUN_PID"; rc=$?
