@@ -42,6 +42,11 @@ class EngineSettings(BaseModel):
     max_loras: int = Field(3, ge=0, description="LoRA adapters a worker holds loaded at once; every LoRA job is served, "
                                                  "the least recently used adapter unloaded when another is asked for")
     max_lora_rank: int = Field(64, ge=1)
+    default_max_tokens: int | None = Field(
+        None, ge=1, description="tokens a reply runs to when its request sets no max_tokens (nor max_completion_tokens): "
+        "none = the rest of the context, as OpenAI does; a slow CPU machine whose clients time out may want a bound "
+        "(the reply then ends with finish_reason 'length'). A request's own max_tokens is never lowered",
+    )
     tool_parser: str = Field(
         "hermes", description="vLLM tool parser for a model whose own chat template renders tools (hermes: Qwen, "
         "Hermes; llama3_json: Llama 3.x); one whose template has none gets the shipped ChatML tool template and hermes",

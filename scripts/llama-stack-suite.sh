@@ -2,6 +2,9 @@
 # Llama Stack v0.7.1's own tests, live against `llama stack run` on loopback, with a throwaway
 # state root. The suite's OpenAI client sends the fixed key "fake" (its fixtures/common.py), so
 # that key is granted here, in this state root only; its llama-stack-client sends our token.
+# The suite's clients wait 30 s and most of its chats set no max_tokens: on a CPU machine a small
+# model's reply could run to the end of the context first, so this server bounds such replies at
+# 512 tokens (SCALARLM_ENGINE__DEFAULT_MAX_TOKENS; a request's own max_tokens is kept).
 # SAFETY=1: the safety tests against the run config's default shield `ailuminate`, judged by a
 # guard this script has the platform train first (SLURM, `scalarlm guard train`, GUARD_STEPS steps
 # on the AILuminate demo set in AILUMINATE_DIR).
@@ -11,6 +14,7 @@ SUITE=${SUITE:-../shared/bin/llama-stack-suite}
 PORT=${PORT:-8399}
 MODEL=${MODEL:-scalarlm/SmolLM2-135M-Instruct}
 export SCALARLM_STATE_DIR=${SCALARLM_STATE_DIR:-$(mktemp -d)/state}
+export SCALARLM_ENGINE__DEFAULT_MAX_TOKENS=${SCALARLM_ENGINE__DEFAULT_MAX_TOKENS:-512}
 mkdir -p "$SCALARLM_STATE_DIR"
 token=$(.venv/bin/scalarlm token create --name suite)
 printf fake | .venv/bin/scalarlm token add suite-openai-client >/dev/null

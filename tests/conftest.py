@@ -8,6 +8,7 @@ from .stack import StackServer
 
 TINY = "tiny-llama"
 SMOL = "SmolLM2-135M-Instruct"
+DEFAULT_MAX_TOKENS = 256  # the inference server's bound on a chat that sets none (engine.default_max_tokens)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # vLLM inspects a model class in a subprocess (~9 s on 2 cores) unless its cache holds the answer.
@@ -28,7 +29,8 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One distribution for the inference tests: a worker for the tiny model and one for SmolLM2."""
-    stack = StackServer(tmp_path_factory.mktemp("stack"), served_models=[TINY, SMOL], workers=2)
+    stack = StackServer(tmp_path_factory.mktemp("stack"), served_models=[TINY, SMOL], workers=2,
+                        engine={"default_max_tokens": DEFAULT_MAX_TOKENS})
     stack.start(wait_for_workers=2, timeout_s=600)
     yield stack
     stack.stop()

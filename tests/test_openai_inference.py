@@ -2,6 +2,10 @@
 
 import pytest
 
+from llama_stack_scalarlm.client import ScalarLMClient
+
+from .conftest import DEFAULT_MAX_TOKENS
+
 MESSAGES = [{"role": "user", "content": "Name a color and a number."}]
 
 
@@ -52,6 +56,19 @@ def test_n_choices_and_max_tokens(openai_client, tiny_model):
     assert 3 <= response.usage.completion_tokens <= 15
     if all(lengths):
         assert response.usage.completion_tokens == 15
+
+
+def test_a_chat_without_a_bound_gets_the_servers_and_a_bound_of_its_own_is_kept(server, openai_client, tiny_model):
+    """``ignore_eos`` (vLLM's) makes each reply run to its bound, so the bound is what is measured."""
+    unbounded = chat(openai_client, tiny_model, temperature=0, extra_body={"ignore_eos": True})
+    assert unbounded.usage.completion_tokens == DEFAULT_MAX_TOKENS
+    assert unbounded.choices[0].finish_reason == "length"
+    own = chat(openai_client, tiny_model, temperature=0, max_completion_tokens=DEFAULT_MAX_TOKENS + 8,
+               extra_body={"ignore_eos": True})
+    assert own.usage.completion_tokens == DEFAULT_MAX_TOKENS + 8, "a request's own bound is never lowered"
+    # the bulk route too (greedy, the tiny model runs on past the bound: the first choice is cut at it)
+    (bulk,) = ScalarLMClient(server.url, api_key=server.token).generate(tiny_model, ["the"], temperature=0)
+    assert bulk.choices[0].completion_tokens == DEFAULT_MAX_TOKENS
 
 
 def test_stop_string_cuts_output(openai_client, tiny_model):

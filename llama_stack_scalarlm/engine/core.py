@@ -99,7 +99,8 @@ class EngineCore:
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self._steps = _count_steps(self.engine)
-        self.openai = OpenAILayer(self.engine, model_name, model_path, config.engine.tool_parser)
+        self.openai = OpenAILayer(self.engine, model_name, model_path, config.engine.tool_parser,
+                                  config.engine.default_max_tokens)
         self.adapters = AdapterSlots(self.engine, self.max_adapters, self.openai.serve_adapter)
 
     @property
@@ -161,7 +162,8 @@ class EngineCore:
             n=request.n,
             temperature=self.defaults.get("temperature", 1.0) if request.temperature is None else request.temperature,
             top_p=self.defaults.get("top_p", 1.0) if request.top_p is None else request.top_p,
-            max_tokens=request.max_tokens or self.config.max_model_len - prompt_len,
+            max_tokens=request.max_tokens or min(self.config.max_model_len - prompt_len,
+                                                 self.config.engine.default_max_tokens or self.config.max_model_len),
             stop=request.stop or None,
             seed=request.seed,
             logprobs=request.logprobs,

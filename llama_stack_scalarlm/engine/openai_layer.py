@@ -23,7 +23,7 @@ _TOOL_STRICT_LEVEL = "parameter"
 
 
 class OpenAILayer:
-    def __init__(self, engine, model_name: str, model_path: Path, tool_parser: str):
+    def __init__(self, engine, model_name: str, model_path: Path, tool_parser: str, default_max_tokens: int | None):
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
@@ -31,6 +31,7 @@ class OpenAILayer:
         from vllm.renderers.online_renderer import OnlineRenderer
 
         self.base_name = model_name
+        self.default_max_tokens = default_max_tokens
         template, parser = tool_support(model_path, tool_parser)
         self.models = OpenAIServingModels(engine_client=engine,
                                           base_model_paths=[BaseModelPath(name=model_name, model_path=str(model_path))])
@@ -80,6 +81,9 @@ class OpenAILayer:
         # fine-tune's engine serves the job under the job's id, whatever vLLM was started as).
         parsed.model = request.model if request.model in self.models.lora_requests else self.base_name
         parsed.request_id = request_id
+        # A chat that sets no bound gets the operator's (completions default to 16 tokens, as OpenAI's).
+        if request.kind == "openai.chat" and parsed.max_tokens is None and parsed.max_completion_tokens is None:
+            parsed.max_tokens = self.default_max_tokens
         serve = self.chat.create_chat_completion if request.kind == "openai.chat" else self.completion.create_completion
         try:
             answer = await serve(parsed, None)

@@ -46,13 +46,15 @@ def _smollm2_gguf() -> Path:
 
 
 def build_smollm2(out: Path) -> None:
+    import copy
+
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = copy.deepcopy(loaded.config)  # reading it from the GGUF again would parse its metadata again (~3 s)
     # save_pretrained refuses a GGUF-quantized model: rebuild it as a plain one from the same weights.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
