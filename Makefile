@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench suite suite-safety clean
+.PHONY: setup demo test bench suite suite-tools suite-safety clean
 
 setup:
 	bash scripts/setup-env.sh
@@ -34,6 +34,10 @@ bench: setup
 # Llama Stack v0.7.1's own inference integration tests, live against the distribution.
 suite: setup
 	bash scripts/llama-stack-suite.sh
+
+# The same against SmolLM2 taught to call tools by the platform first (SLURM; ~12 min of training on 2 cores).
+suite-tools: setup
+	TOOLS=1 bash scripts/llama-stack-suite.sh
 
 # Its safety tests against the default shield, judged by a guard the platform trains first (SLURM; ~15 min on 2 cores).
 suite-safety: setup

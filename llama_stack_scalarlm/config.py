@@ -43,9 +43,9 @@ class EngineSettings(BaseModel):
                                                  "the least recently used adapter unloaded when another is asked for")
     max_lora_rank: int = Field(64, ge=1)
     default_max_tokens: int | None = Field(
-        None, ge=1, description="tokens a reply runs to when its request sets no max_tokens (nor max_completion_tokens): "
-        "none = the rest of the context, as OpenAI does; a slow CPU machine whose clients time out may want a bound "
-        "(the reply then ends with finish_reason 'length'). A request's own max_tokens is never lowered",
+        None, ge=1, description="tokens a reply runs to when its request sets no max_tokens (nor "
+        "max_completion_tokens): none = the rest of the context, as OpenAI does; a slow CPU machine whose clients "
+        "time out may want a bound (a cut reply ends with finish_reason 'length'). A request's own bound is kept",
     )
     tool_parser: str = Field(
         "hermes", description="vLLM tool parser for a model whose own chat template renders tools (hermes: Qwen, "

@@ -8,6 +8,8 @@
 # SAFETY=1: the safety tests against the run config's default shield `ailuminate`, judged by a
 # guard this script has the platform train first (SLURM, `scalarlm guard train`, GUARD_STEPS steps
 # on the AILuminate demo set in AILUMINATE_DIR).
+# TOOLS=1: the inference tests against SmolLM2 taught to call tools by the platform first (SLURM,
+# a LoRA job on bench/tool_calls_data.py's conversations, as bench/tool_calls_bench.py trains it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUITE=${SUITE:-../shared/bin/llama-stack-suite}
@@ -18,11 +20,12 @@ export SCALARLM_ENGINE__DEFAULT_MAX_TOKENS=${SCALARLM_ENGINE__DEFAULT_MAX_TOKENS
 mkdir -p "$SCALARLM_STATE_DIR"
 token=$(.venv/bin/scalarlm token create --name suite)
 printf fake | .venv/bin/scalarlm token add suite-openai-client >/dev/null
+slurm=$([ "${SAFETY:-0}" = 1 ] || [ "${TOOLS:-0}" = 1 ] && echo 1 || echo 0)
 cleanup() {
   kill -INT "$server" 2>/dev/null; wait "$server" 2>/dev/null
-  [ "${SAFETY:-0}" != 1 ] || bash slurm/cluster.sh stop || true
+  [ "$slurm" != 1 ] || bash slurm/cluster.sh stop || true
 }
-[ "${SAFETY:-0}" != 1 ] || bash slurm/cluster.sh start
+[ "$slurm" != 1 ] || bash slurm/cluster.sh start
 LLAMA_STACK_PORT=$PORT .venv/bin/llama stack run distributions/scalarlm/run.yaml >"$SCALARLM_STATE_DIR/server.log" 2>&1 &
 server=$!
 trap cleanup EXIT
@@ -32,9 +35,23 @@ for i in $(seq 300); do  # until an engine serves the model (the server answers 
   sleep 1
 done
 extra=()
+cli() { SCALARLM_API_KEY=$token .venv/bin/scalarlm --url "http://127.0.0.1:$PORT" "$@"; }
+if [ "${TOOLS:-0}" = 1 ]; then
+  rows=$SCALARLM_STATE_DIR/tool_calls.jsonl
+  .venv/bin/python -c "import json, sys; sys.path.insert(0, 'bench'); import tool_calls_data as d
+sys.stdout.write(''.join(json.dumps(r) + '\n' for r in d.training_rows(240)))" >"$rows"
+  cli train "$rows" --model "${MODEL#scalarlm/}" --lora --steps 60 --batch-size 4 --lr 2e-3 --set lora_rank=16 \
+    --set max_seq_len=1024 --set checkpoint_every=60 --follow | tee "$SCALARLM_STATE_DIR/train.out"
+  MODEL=scalarlm/$(awk '/^job /{print $2; exit}' "$SCALARLM_STATE_DIR/train.out")
+  for i in $(seq 60); do  # listed once its checkpoint is served
+    curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/models" | grep -q "\"$MODEL\"" && break
+    sleep 1
+  done
+  echo "the suite runs against $MODEL"
+fi
 if [ "${SAFETY:-0}" = 1 ]; then
   demo=${AILUMINATE_DIR:-../shared/data/ailuminate}/airr_official_1.0_demo_en_us_prompt_set_release.csv
-  SCALARLM_API_KEY=$token .venv/bin/scalarlm --url "http://127.0.0.1:$PORT" guard train "$demo" \
+  cli guard train "$demo" \
     --steps "${GUARD_STEPS:-40}" --split "$SCALARLM_STATE_DIR/guard-split.json" --follow
   for i in $(seq 60); do  # the default shield's model `guard` is listed once the guard's checkpoint is served
     curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/models" | grep -q '"scalarlm/guard"' && break
