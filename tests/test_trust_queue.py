@@ -253,3 +253,15 @@ def test_requests_for_a_model_no_engine_serves_fail_instead_of_waiting_forever(s
         time.sleep(1)
     assert status["state"] == "done", status
     assert status["result"]["error"]["status"] == 503 and UNSERVED in status["result"]["error"]["message"]
+
+
+def test_a_request_queued_after_a_quiet_spell_waits_its_own_unserved_period(stack, client):
+    """No engine asked for the model for longer than ``unserved_s``; a request queued now is still
+    served by the next worker, not failed at the next upkeep pass (it was, and a test that happened
+    to follow a quiet test lost its request that way)."""
+    time.sleep(UNSERVED_S + 1)  # no worker asks for the tiny model meanwhile
+    ids = client.submit(TINY, ["after a quiet spell"], max_tokens=4)
+    time.sleep(2.5)  # an upkeep pass (every 2 s) runs in between
+    serve_one(stack, "after-quiet")
+    (status,) = raw_results(stack, ids).values()
+    assert status["state"] == "done" and status["result"].get("error") is None, status

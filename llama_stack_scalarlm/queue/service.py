@@ -276,8 +276,10 @@ class QueueService:
             if served is not None and model not in served:
                 failed += self.store.fail_queued(model, 404, f"model: {model!r} is no longer served here")
             elif now - max(self._asked.get(model, 0.0), self._started) > self.policy.unserved_s:
+                # only requests that themselves waited that long: one queued a moment ago waits its turn
                 failed += self.store.fail_queued(
-                    model, 503, f"no engine asked for work for {model!r} in {self.policy.unserved_s:.0f} s")
+                    model, 503, f"no engine asked for work for {model!r} in {self.policy.unserved_s:.0f} s",
+                    queued_before=now - self.policy.unserved_s)
         if failed:
             self._after_release(failed)
 

@@ -16,6 +16,7 @@ newest rows (``synchronous=NORMAL``) and their sequence numbers come round again
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -330,12 +331,13 @@ class RequestStore:
             leased = self._db.execute("SELECT DISTINCT model FROM requests WHERE state = 1").fetchall()
         return self.queued_models() | {model for (model,) in leased}
 
-    def fail_queued(self, model: str, status: int, message: str) -> list[str]:
-        """Fail every queued request for ``model`` (no engine will serve it); returns their ids."""
+    def fail_queued(self, model: str, status: int, message: str, queued_before: float = math.inf) -> list[str]:
+        """Fail the requests for ``model`` queued before ``queued_before`` (no engine will serve
+        them); returns their ids."""
         with self._lock, self._transaction():
             rows = self._db.execute(
-                "UPDATE requests SET state = 2, finished = ?, result = ? WHERE state = 0 AND model = ? "
-                "RETURNING seq, secret", (time.time(), failure(status, message), model),
+                "UPDATE requests SET state = 2, finished = ?, result = ? WHERE state = 0 AND model = ? AND created < ? "
+                "RETURNING seq, secret", (time.time(), failure(status, message), model, queued_before),
             ).fetchall()
         return [_public_id(seq, secret) for seq, secret in rows]
 
