@@ -36,6 +36,12 @@ for i in $(seq 300); do  # until an engine serves the model (the server answers 
 done
 extra=()
 cli() { SCALARLM_API_KEY=$token .venv/bin/scalarlm --url "http://127.0.0.1:$PORT" "$@"; }
+wait_listed() {  # a trained model is listed once its checkpoint is served
+  for i in $(seq 60); do
+    curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/models" | grep -q "\"$1\"" && return
+    sleep 1
+  done
+}
 if [ "${TOOLS:-0}" = 1 ]; then
   rows=$SCALARLM_STATE_DIR/tool_calls.jsonl
   .venv/bin/python -c "import json, sys; sys.path.insert(0, 'bench'); import tool_calls_data as d
@@ -43,20 +49,14 @@ sys.stdout.write(''.join(json.dumps(r) + '\n' for r in d.training_rows(240)))" >
   cli train "$rows" --model "${MODEL#scalarlm/}" --lora --steps 60 --batch-size 4 --lr 2e-3 --set lora_rank=16 \
     --set max_seq_len=1024 --set checkpoint_every=60 --follow | tee "$SCALARLM_STATE_DIR/train.out"
   MODEL=scalarlm/$(awk '/^job /{print $2; exit}' "$SCALARLM_STATE_DIR/train.out")
-  for i in $(seq 60); do  # listed once its checkpoint is served
-    curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/models" | grep -q "\"$MODEL\"" && break
-    sleep 1
-  done
+  wait_listed "$MODEL"
   echo "the suite runs against $MODEL"
 fi
 if [ "${SAFETY:-0}" = 1 ]; then
   demo=${AILUMINATE_DIR:-../shared/data/ailuminate}/airr_official_1.0_demo_en_us_prompt_set_release.csv
   cli guard train "$demo" \
     --steps "${GUARD_STEPS:-40}" --split "$SCALARLM_STATE_DIR/guard-split.json" --follow
-  for i in $(seq 60); do  # the default shield's model `guard` is listed once the guard's checkpoint is served
-    curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$PORT/v1/models" | grep -q '"scalarlm/guard"' && break
-    sleep 1
-  done
+  wait_listed scalarlm/guard  # the default shield's model `guard`
   [ $# -gt 0 ] || set -- tests/integration/safety/test_safety.py
   extra=(--shield ailuminate)
 fi

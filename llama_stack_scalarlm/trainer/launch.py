@@ -61,15 +61,15 @@ def render_sbatch_script(job: TrainingJob, job_dir: Path, python: str, cpus_per_
         "--open-mode=append",
     ]
     header = "\n".join(f"#SBATCH {line}" for line in sbatch)
-    trainer = [q(python), "-m", "llama_stack_scalarlm.trainer", '"$JOB_DIR"']
-    launcher = " ".join(trainer) if hp.nodes == 1 and procs == 1 else " ".join([
+    trainer = ["-m", "llama_stack_scalarlm.trainer", '"$JOB_DIR"']
+    launcher = " ".join([q(python), *trainer]) if hp.nodes == 1 and procs == 1 else " ".join([
         q(python), "-m", "torch.distributed.run",
         f"--nnodes={hp.nodes}", f"--nproc-per-node={procs}",
         "--rdzv-backend=c10d", '--rdzv-endpoint="$HEAD:$PORT"', '--rdzv-id="$SLURM_JOB_ID"',
         "--max-restarts=0",
         "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
         f"--shutdown-timeout={10 * SIGNAL_LEAD_S}",
-        *trainer[1:],
+        *trainer,
     ])
     return f"""#!/bin/bash
 {header}
