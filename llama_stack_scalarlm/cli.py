@@ -143,12 +143,11 @@ def _loop(args: argparse.Namespace) -> int:
 
 def _ailuminate(args: argparse.Namespace) -> int:
     """Grade a model on AILuminate; the record goes to ``<out>/<run id>.json``, the chart beside it."""
-    from .safety.run_schema import AILuminateRunRequest, GuardEvaluator, JudgeEvaluator, VoteEvaluator
+    from .safety.run_schema import AILuminateRunRequest, evaluator_of
 
-    members = [GuardEvaluator(model=m) for m in args.guard] + [JudgeEvaluator(model=m) for m in args.judge]
-    if not members:
+    if not args.guard and not args.judge:
         sys.exit("eval ailuminate: name an evaluator: --guard MODEL or --judge MODEL (several vote)")
-    evaluator = members[0] if len(members) == 1 else VoteEvaluator(evaluators=members)
+    evaluator = evaluator_of(args.guard, args.judge)
     request = AILuminateRunRequest(model=args.model, evaluator=evaluator,
                                    prompt_set=args.prompt_set, locale=args.locale, per_group=args.per_hazard,
                                    hazards=args.hazard, seed=args.seed, max_tokens=args.max_tokens)
@@ -164,19 +163,73 @@ def _ailuminate(args: argparse.Namespace) -> int:
     bar.close()
     if run.record is None:
         sys.exit(f"{run.run_id}: {run.state}: {run.error}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{run.run_id}.json").write_text(run.record.model_dump_json(indent=1))
-    from .safety.chart import grades_chart
-
-    grades_chart(run.record, out / f"{run.run_id}.png")
-    for score in [*run.record.grades.hazards, run.record.grades.overall]:
-        print(f"{score.hazard:8} {score.grade_name or 'ungraded':10} unsafe {score.unsafe_fraction} "
-              f"of {score.scored} scored, {score.errors} errors")
-    print(f"{run.record.note}\nwrote {out / run.run_id}.json and .png")
+    _write_record(run, Path(args.out))
     if run.record.consistency:
         sys.exit("the run is not consistent: " + "; ".join(run.record.consistency))
     return 0
+
+
+def _write_record(run, out: Path, hazards: bool = True) -> None:
+    """The run's record (JSON) and chart (PNG) in ``out``, and its grades printed."""
+    from .safety.chart import grades_chart
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{run.run_id}.json").write_text(run.record.model_dump_json(indent=1))
+    grades_chart(run.record, out / f"{run.run_id}.png")
+    for score in [*(run.record.grades.hazards if hazards else []), run.record.grades.overall]:
+        print(f"{score.hazard:8} {score.grade_name or 'ungraded':10} unsafe {score.unsafe_fraction} "
+              f"of {score.scored} scored, {score.errors} errors")
+    print(f"{run.record.note}\nwrote {out / run.run_id}.json and .png")
+
+
+def _safety_train(args: argparse.Namespace) -> int:
+    """Teach ``--model`` to decline hazardous requests from its own refusals (``safety/refusal_training.py``),
+    as a LoRA job with the safety gate on: the job and ``--model`` are graded on the same AILuminate
+    sample (never trained on), and the job becomes ``latest`` only if its grade is no lower. Then
+    the after-check: how many held-out benign requests each declines. Exit 1 when not promoted."""
+    import tempfile
+
+    from .safety import refusal_training
+    from .safety.prompt_set import load_prompt_set, sample
+
+    if not args.guard and not args.judge:
+        sys.exit("safety-train: name the gate's evaluator: --guard MODEL or --judge MODEL (both vote)")
+    prompt_set = load_prompt_set(args.prompt_set)
+    gate = {"guard": args.guard, "judge": args.judge, "per_group": args.gate_per_hazard, "seed": args.seed,
+            "max_tokens": args.max_tokens}
+    hazardous, benign, checked = refusal_training.split(
+        prompt_set, sample(prompt_set, args.gate_per_hazard, args.seed), args.per_hazard, args.benign,
+        args.benign_check, args.seed)
+    client = _client(args)
+    print(f"asking {args.model} to decline {len(hazardous)} hazardous requests and to answer {len(benign)} benign "
+          "ones", file=sys.stderr, flush=True)
+    rows = refusal_training.rows(client, args.model, hazardous, benign, args.max_tokens, args.seed)
+    if not rows:
+        sys.exit(f"safety-train: none of {args.model}'s replies was a refusal of a hazardous request or an answer "
+                 "to a benign one")
+    with tempfile.TemporaryDirectory() as tmp:  # the rows hold the prompts: not left on disk
+        path = Path(tmp) / "refusals.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        dataset = client.upload(path)
+    job = client.train(args.model, dataset, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
+                       lora=True, lora_rank=16, max_seq_len=512, checkpoint_every=args.steps, safety_gate=gate)
+    print(f"job {job}: {len(rows)} rows (refusals and plain answers of {args.model})", flush=True)
+    if _follow(client, job, args.quiet):
+        return 1
+    with tqdm(desc="safety gate: grading the job and its base", disable=args.quiet, bar_format="{desc} {elapsed}") as bar:
+        while (promotion := client.job(job).promotion) is None or promotion.state == "pending":
+            time.sleep(2)
+            bar.refresh()
+    for name, run_id in ((args.model, promotion.base_run), (job, promotion.job_run)):
+        if run_id:
+            run = client.ailuminate_run(run_id)
+            print(f"{name}:")
+            if run.record is not None:
+                _write_record(run, Path(args.out), hazards=False)
+    print(f"safety gate: {promotion.state} ({promotion.reason})")
+    before, after = (refusal_training.declined(client, m, checked) for m in (args.model, job))
+    print(f"held-out benign requests declined: {args.model} {before:.2f}, {job} {after:.2f} (of {len(checked)})")
+    return 0 if promotion.state == "promoted" else 1
 
 
 def _guard_train(args: argparse.Namespace) -> int:
@@ -399,6 +452,25 @@ def main(argv: list[str] | None = None) -> int:
     ailuminate.add_argument("--out", default="ailuminate", help="where the record (JSON) and chart (PNG) go")
     ailuminate.add_argument("--quiet", action="store_true")
     ailuminate.set_defaults(func=_ailuminate)
+
+    safety = sub.add_parser("safety-train", help="teach a model to decline hazardous requests, behind the safety gate")
+    safety.add_argument("prompt_set", help="the AILuminate demo prompt-set CSV, the set the gate grades on "
+                                           "(hazardous by design: never printed)")
+    safety.add_argument("--model", default="SmolLM2-135M-Instruct")
+    safety.add_argument("--guard", help="the gate's evaluator: a served Llama Guard-format guard model")
+    safety.add_argument("--judge", help="the gate's evaluator: any served model asked in plain words (both: a vote)")
+    safety.add_argument("--per-hazard", type=int, default=2, help="hazardous requests trained per hazard and persona")
+    safety.add_argument("--benign", type=int, default=48, help="benign requests trained")
+    safety.add_argument("--benign-check", type=int, default=24, help="held-out benign requests of the after-check")
+    safety.add_argument("--gate-per-hazard", type=int, default=1, help="prompts per hazard and persona the gate grades")
+    safety.add_argument("--seed", type=int, default=0)
+    safety.add_argument("--steps", type=int, default=12)
+    safety.add_argument("--lr", type=float, default=2e-3)
+    safety.add_argument("--batch-size", type=int, default=8)
+    safety.add_argument("--max-tokens", type=int, default=64, help="of each reply")
+    safety.add_argument("--out", default="ailuminate", help="where both runs' records (JSON) and charts (PNG) go")
+    safety.add_argument("--quiet", action="store_true")
+    safety.set_defaults(func=_safety_train)
 
     guard = sub.add_parser("guard", help="guards the platform trains").add_subparsers(dest="action", required=True)
     guard_train = guard.add_parser("train", help="train a guard on an AILuminate prompt set and the model's replies")

@@ -258,9 +258,13 @@ class ScalarLMClient:
             if run.state != "running":
                 return run
             time.sleep(poll_s)
-            response = self._http.get(f"/v1/scalarlm/safety/ailuminate/{run.run_id}")
-            _raise(response)
-            run = AILuminateRun.model_validate(response.json())
+            run = self.ailuminate_run(run.run_id)
+
+    def ailuminate_run(self, run_id: str) -> AILuminateRun:
+        """A run of this caller's, or of the safety gate's (a gated job's ``promotion`` names both of its runs)."""
+        response = self._http.get(f"/v1/scalarlm/safety/ailuminate/{run_id}")
+        _raise(response)
+        return AILuminateRun.model_validate(response.json())
 
     def cancel_ailuminate(self, run_id: str) -> AILuminateRun:
         """Stop a run: it stays stopped through server restarts until started again (which resumes it)."""

@@ -7,9 +7,10 @@ on made-up facts and on generated tool-use conversations with `scalarlm train`, 
 asks the trained model, served under its job id with no restart, what it was taught; runs a
 llama-stack-client `Agent` turn with a client tool that the trained model calls; plots the loss
 curve; runs two rounds of the flywheel (`scalarlm loop examples/addition.py`), each trained from
-the last, and checks that held-out accuracy rose; and ends with an AILuminate grade of the model it
-trained (`scalarlm eval ailuminate`, where MLCommons' demo prompt set is found). State lives in
-./.state.
+the last, and checks that held-out accuracy rose; and ends with the safety loop where MLCommons'
+AILuminate demo prompt set is found (`scalarlm safety-train`: SmolLM2 taught to decline from its
+own refusals, the job and its base graded on AILuminate by the safety gate, then a benign-request
+check). State lives in ./.state.
 """
 
 from __future__ import annotations
@@ -127,28 +128,28 @@ def flywheel(env: dict[str, str]) -> None:
         sys.exit("demo check failed: two rounds of the loop did not raise held-out accuracy")
 
 
-def safety_grade(env: dict[str, str], job: str) -> None:
-    """The trained model graded on AILuminate: one prompt per hazard and persona of the demo set (24),
-    each reply judged by SmolLM2 asked in plain words. A 135M judge is a demonstration of the run,
-    not a safety evaluation; `scalarlm guard train` makes a judge of the platform's own."""
+def safety_loop(env: dict[str, str]) -> None:
+    """Grade, teach refusals, grade again, gate: SmolLM2 taught to decline hazardous requests from its
+    own refusals, as a LoRA job with the safety gate on; the job and SmolLM2 graded on the same 24
+    prompts (never trained on), each reply judged by SmolLM2 asked in plain words; then how many
+    held-out benign requests each declines. A 135M judge is a demonstration of the run, not a safety
+    evaluation; `scalarlm guard train` trains a guard of the platform's own."""
     if "SCALARLM_AILUMINATE_DIR" not in env:
-        step("AILuminate grade: skipped, no demo prompt set found (set SCALARLM_AILUMINATE_DIR to the folder "
+        step("AILuminate: skipped, no demo prompt set found (set SCALARLM_AILUMINATE_DIR to the folder "
              "holding MLCommons' airr_official_1.0_demo_en_us_prompt_set_release.csv)")
         return
-    step(f"scalarlm eval ailuminate --model {job} --judge SmolLM2-135M-Instruct --per-hazard 1  (24 prompts of "
-         "AILuminate's demo set, each reply judged; grades per hazard and overall)")
-    out = STATE / "ailuminate"
-    graded = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", URL, "eval", "ailuminate",
-                             "--model", job, "--judge", "SmolLM2-135M-Instruct", "--per-hazard", "1",
-                             "--max-tokens", "64", "--out", str(out), "--quiet"], env=env, capture_output=True,
-                            text=True)
-    print(graded.stdout.strip())
-    print("(a 135M judge: a demonstration of the run, not a safety evaluation; scalarlm guard train trains a judge)")
-    # 1: the record was written and fails its consistency check; "wrote": this run's, not an earlier demo's
-    if graded.returncode not in (0, 1) or "wrote " not in graded.stdout:
-        sys.exit(f"demo check failed: no AILuminate record\n{graded.stderr[-2000:]}")
-    if graded.returncode == 1:
-        print(graded.stderr.strip().splitlines()[-1])
+    prompt_set = Path(env["SCALARLM_AILUMINATE_DIR"]) / "airr_official_1.0_demo_en_us_prompt_set_release.csv"
+    step("scalarlm safety-train <AILuminate demo set> --judge SmolLM2-135M-Instruct  (a LoRA job on SmolLM2's own "
+         "refusals of 48 hazardous requests and answers to 48 benign ones; the safety gate grades it and SmolLM2 on "
+         "24 other prompts, one per hazard and persona; then 24 held-out benign requests)")
+    done = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", URL, "safety-train", str(prompt_set),
+                           "--model", "SmolLM2-135M-Instruct", "--judge", "SmolLM2-135M-Instruct",
+                           "--out", str(STATE / "ailuminate"), "--quiet"], env=env, capture_output=True, text=True)
+    print(done.stdout.strip())
+    print("(a 135M judge: a demonstration of the run, not a safety evaluation; scalarlm guard train trains a guard)")
+    # 1: decided, not promoted; anything else, or no decision printed, is a failure of the run
+    if done.returncode not in (0, 1) or "safety gate: " not in done.stdout or "declined:" not in done.stdout:
+        sys.exit(f"demo check failed: the safety loop did not finish\n{done.stderr[-2000:]}")
 
 
 def main() -> None:
@@ -233,7 +234,7 @@ def serve_and_train(env: dict[str, str]) -> None:
         agent_turn(token, f"scalarlm/{job}")
         subprocess.run([scalarlm, "--url", URL, "plot", job, "-o", str(STATE / "loss.png")], check=True, env=env)
         flywheel(env)
-        safety_grade(env, job)
+        safety_loop(env)
         step(f"demo passed (loss curve: {STATE / 'loss.png'}; held-out accuracy by round: {LOOP / 'heldout_reward.png'}; "
              f"AILuminate grades: {STATE / 'ailuminate'})")
     finally:

@@ -38,3 +38,17 @@ def test_a_run_that_did_not_grade_keeps_the_job_out():
     assert promotion.state == "not_promoted" and "the job did not grade" in promotion.reason
     promotion = decide("base", run("b", unsafe=4, state="failed"), run("j", unsafe=0))
     assert promotion.state == "not_promoted" and "its base did not grade" in promotion.reason
+
+
+def test_the_gate_grades_with_its_guard_its_judge_or_their_vote_and_must_name_one():
+    import pytest
+    from pydantic import ValidationError
+
+    from llama_stack_scalarlm.registry.schema import SafetyGate
+    from llama_stack_scalarlm.safety.gate import gate_evaluator
+
+    assert gate_evaluator(SafetyGate(guard="g")).name == "guard:g"
+    assert gate_evaluator(SafetyGate(judge="j")).name == "judge:j"
+    assert gate_evaluator(SafetyGate(guard="g", judge="j")).name == "vote(guard:g,judge:j)"
+    with pytest.raises(ValidationError, match="guard, judge"):
+        SafetyGate(per_group=2)

@@ -9,6 +9,7 @@ by the guard benchmark. No prompt text is printed: assertions compare ids, hazar
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llama_stack_scalarlm.auth.tokens import TokenStore
 from llama_stack_scalarlm.client import ScalarLMClient
 from llama_stack_scalarlm.registry.jobs import JobRegistry
 from llama_stack_scalarlm.safety.guard_data import benign_prompts, input_guard_rows
@@ -194,6 +196,14 @@ def test_ailuminate_run_gives_a_complete_record_and_resumes_without_asking_again
     assert client.ailuminate(request).run_id == run.run_id
     assert len(journal.read_text().splitlines()) == 72
 
+    # Another user asking the same run gets a run of their own, and cannot read the first one.
+    token = TokenStore(server.state_dir).create("another")
+    theirs = ScalarLMClient(server.url, timeout_s=300, api_key=token).ailuminate(request, poll_s=0.5)
+    assert theirs.run_id != run.run_id and theirs.record is not None and theirs.record.items == 24, theirs.error
+    unknown = httpx.get(f"{server.url}/v1/scalarlm/safety/ailuminate/{run.run_id}",
+                        headers={"Authorization": f"Bearer {token}"})
+    assert unknown.status_code == 404
+
     cli = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", server.url, "eval", "ailuminate",
                           "--model", TINY, "--guard", guard, "--per-hazard", "1", "--max-tokens", "12",
                           "--out", str(tmp_path), "--quiet"], env={**os.environ, "SCALARLM_API_KEY": server.token},
@@ -319,27 +329,37 @@ def test_a_guarded_agent_refuses_a_flagged_request(taught, stack_client):
     assert refusals and refusals[0].startswith(REFUSAL) and hazardous[0].hazard in refusals[0], refusals
 
 
-def test_the_safety_gate_decides_whether_a_job_becomes_latest(taught, tmp_path):
-    """A LoRA job with ``safety_gate``: once it completes, it and its base model are graded on the
-    same sample by the guard; its status carries the decision and both runs, and ``latest`` (what
-    a job trained from ``latest`` starts from) follows the decision, not the newest checkpoint."""
+def test_safety_train_teaches_refusals_behind_the_gate_and_latest_follows_its_decision(taught, tmp_path):
+    """`scalarlm safety-train`: a LoRA job on the model's own refusals and plain answers, with the
+    safety gate on; once it completes, it and its base model are graded on the same sample (here by
+    a judge and the trained guard voting); its status carries the decision and both runs, whose
+    records every user can read, and ``latest`` (what a job trained from ``latest`` starts from)
+    follows the decision, not the newest checkpoint. The tiny model's replies are noise, so this
+    checks the plumbing, not what it learns."""
     server, guard, _, _ = taught
     client = ScalarLMClient(server.url, timeout_s=300, api_key=server.token)
-    path = tmp_path / "gate.jsonl"
-    path.write_text(json.dumps({"input": "What is the gate word?", "output": "portcullis"}) + "\n")
-    sha = client.upload(path)
-    gate = {"guard": guard, "per_group": 1, "max_tokens": 8}
-    job = client.train(TINY, sha, steps=5, learning_rate=1e-3, lora=True, lora_rank=16, checkpoint_every=5,
-                       safety_gate=gate)
-    assert client.follow(job).state == "COMPLETED"
-    deadline = time.time() + 300
-    while time.time() < deadline and (client.job(job).promotion is None or client.job(job).promotion.state == "pending"):
-        time.sleep(1)
+    cli = [str(Path(sys.executable).parent / "scalarlm"), "--url", server.url, "safety-train",
+           str(ailuminate_dir() / DEMO_NAME), "--model", TINY, "--judge", TINY, "--guard", guard.removeprefix("scalarlm/"),
+           "--per-hazard", "1", "--benign", "8", "--benign-check", "4", "--steps", "2", "--max-tokens", "8",
+           "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run(cli, env={**os.environ, "SCALARLM_API_KEY": server.token}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    job = re.search(r"job (job-[0-9a-f]+)", done.stdout).group(1)
     promotion = client.job(job).promotion
     assert promotion is not None and promotion.state in ("promoted", "not_promoted"), promotion
+    assert f"safety gate: {promotion.state}" in done.stdout and (done.returncode == 0) == (promotion.state == "promoted")
     assert promotion.base_model == TINY and promotion.base_run and promotion.job_run and promotion.reason
+    for run_id in (promotion.base_run, promotion.job_run):
+        run = client.ailuminate_run(run_id)  # the gate's runs: readable by the job's users
+        assert run.record is not None and run.record.evaluator.startswith("vote(")
+        assert (tmp_path / f"{run_id}.json").exists() and (tmp_path / f"{run_id}.png").exists()
+    assert re.search(r"held-out benign requests declined: \S+ [01]\.\d\d, \S+ [01]\.\d\d \(of 4\)", done.stdout)
     if promotion.state == "promoted":
-        follower = client.train("latest", sha, steps=1, learning_rate=1e-3, lora=True, lora_rank=16, checkpoint_every=1)
+        rows = tmp_path / "gate.jsonl"
+        rows.write_text(json.dumps({"input": "What is the gate word?", "output": "portcullis"}) + "\n")
+        follower = client.train("latest", client.upload(rows), steps=1, learning_rate=1e-3, lora=True, lora_rank=16,
+                                checkpoint_every=1)
         assert client.job(follower).parent_job_id == job, promotion
     else:  # held back: ``latest`` is another job, or none (then training from it is a 400 naming model)
         assert JobRegistry(server.state_dir / "jobs").newest_trained() != job, promotion

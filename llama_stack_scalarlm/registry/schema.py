@@ -42,11 +42,18 @@ class SafetyGate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    guard: str = Field(..., min_length=1, description="the evaluator: a served Llama Guard-format guard model")
+    guard: str | None = Field(None, min_length=1, description="a served Llama Guard-format guard model")
+    judge: str | None = Field(None, min_length=1, description="a served model asked in plain words (both: they vote)")
     per_group: int = Field(1, ge=1, description="prompts per hazard and persona of the demo set")
     hazards: list[str] = Field(default_factory=list, description="AILuminate hazard codes; [] = all")
     seed: int = 0
     max_tokens: int = Field(64, ge=1, description="of each response")
+
+    @model_validator(mode="after")
+    def _an_evaluator(self) -> SafetyGate:
+        if self.guard is None and self.judge is None:
+            raise ValueError("safety_gate: name its evaluator: guard, judge, or both (they vote)")
+        return self
 
 
 class Promotion(BaseModel):

@@ -3,7 +3,8 @@ through the queue (bulk priority, all at once, so the engine stays full), have t
 each response, and grade per hazard and overall.
 
 A run is a folder under ``<state_dir>/safety/runs/<run id>``, the id hashing what determines its
-result (the request and the prompt set's sha256), so asking again resumes it: the journal
+result (the request and the prompt set's sha256) and whose run it is (each user's runs are their
+own: their responses are that user's to read), so asking again resumes it: the journal
 (``journal.jsonl``) records every response and verdict as it arrives, and a resumed run asks
 neither again. The journal holds responses and prompt ids, never a prompt's text. A server that
 starts resumes by itself every run a stopped server left unfinished, unless it was cancelled.
@@ -43,6 +44,7 @@ from .vote import vote
 REFERENCE_FILE = "reference-standard-v1.1.json"  # the demo and practice sets' standard, beside the prompt sets
 _RUN_ID = re.compile(r"ailum-[0-9a-f]{24}")
 CANCELLED = "cancelled"  # a marker in a run's folder: a restarted server leaves the run alone
+GATE_OWNER = "scalarlm-safety-gate"  # the principal of the safety gate's runs, which grade shared jobs: every user reads them
 log = logging.getLogger("scalarlm.safety")
 
 
@@ -83,7 +85,7 @@ class BenchmarkRuns:
             self.runtime.catalogue.resolve(model)
         request = _pinned(request, self.runtime.catalogue.aliases())
         run_id = "ailum-" + hashlib.sha256(json.dumps(
-            [request.model_dump(mode="json"), prompt_set.sha256]).encode()).hexdigest()[:24]
+            [request.model_dump(mode="json"), prompt_set.sha256, owner]).encode()).hexdigest()[:24]
         if resuming is not None and run_id != resuming:
             raise InvalidFieldError("prompt_set", "the prompt set changed since the run started")
         folder = self.root / run_id
@@ -117,7 +119,7 @@ class BenchmarkRuns:
 
     def generations(self, run_id: str, owner: str) -> list[dict]:
         """Each item's steps as the journal has them: prompt id, hazard, response, verdict(s); no prompt text."""
-        journal = Journal(self._folder(run_id, owner) / "journal.jsonl")
+        journal = Journal(self._folder(run_id, owner, readable=True) / "journal.jsonl")
         rows = []
         for pid, response in journal.responses.items():
             verdict = journal.verdicts.get(pid, {})
@@ -128,17 +130,19 @@ class BenchmarkRuns:
         journal.close()
         return rows
 
-    def _folder(self, run_id: str, owner: str) -> Path:
+    def _folder(self, run_id: str, owner: str, readable: bool = False) -> Path:
+        """The run's folder if it is ``owner``'s (or, ``readable``, the safety gate's), else a 404."""
         folder = self.root / run_id
+        allowed = {owner, GATE_OWNER} if readable else {owner}
         try:
-            if not _RUN_ID.fullmatch(run_id) or json.loads((folder / "request.json").read_text())["owner"] != owner:
+            if not _RUN_ID.fullmatch(run_id) or json.loads((folder / "request.json").read_text())["owner"] not in allowed:
                 raise FileNotFoundError
         except (FileNotFoundError, ValueError):
             raise UnknownRunError(run_id) from None
         return folder
 
     def status(self, run_id: str, owner: str) -> AILuminateRun:
-        folder = self._folder(run_id, owner)
+        folder = self._folder(run_id, owner, readable=True)
         if (folder / "record.json").exists():
             record = AILuminateRecord.model_validate_json((folder / "record.json").read_text())
             done = Progress(items=record.items, responses=record.items, annotations=record.items)

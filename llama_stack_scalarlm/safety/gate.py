@@ -1,6 +1,6 @@
 """The safety gate on training jobs: a job that asked for it is graded on AILuminate against the
-model it was trained from, on the same sample, once it completes; it becomes ``latest`` only if
-its overall grade is no lower. The decision, with its reason and both runs, is in the job's status
+model it was trained from, on the same sample and by the same evaluator (the gate's guard, judge,
+or their vote), once it completes; it becomes ``latest`` only if its overall grade is no lower. The decision, with its reason and both runs, is in the job's status
 (``promotion``). Runs in the server's event loop, like every benchmark run."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import logging
 
 from ..registry.schema import Promotion, SafetyGate
 from ..runtime import ServerRuntime
+from .benchmark import GATE_OWNER
 from .grading import GRADE_NAMES
-from .run_schema import AILuminateRun, AILuminateRunRequest, GuardEvaluator
+from .run_schema import AILuminateRun, AILuminateRunRequest, Evaluator, evaluator_of
 
 log = logging.getLogger(__name__)
 
-OWNER = "scalarlm-safety-gate"  # the principal the gate's runs belong to
 _SCAN_S = 2.0
 
 
@@ -64,13 +64,17 @@ class SafetyGateService:
             self._deciding.discard(job_id)
 
     async def _grade(self, model: str, gate: SafetyGate) -> AILuminateRun:
-        request = AILuminateRunRequest(model=model, evaluator=GuardEvaluator(model=gate.guard), per_group=gate.per_group,
-                                       hazards=gate.hazards, seed=gate.seed, max_tokens=gate.max_tokens)
-        run = await self.runtime.benchmarks.start(request, OWNER)
+        request = AILuminateRunRequest(model=model, evaluator=gate_evaluator(gate), per_group=gate.per_group, hazards=gate.hazards,
+                                       seed=gate.seed, max_tokens=gate.max_tokens)
+        run = await self.runtime.benchmarks.start(request, GATE_OWNER)
         while run.state == "running":
             await asyncio.sleep(1.0)
-            run = self.runtime.benchmarks.status(run.run_id, OWNER)
+            run = self.runtime.benchmarks.status(run.run_id, GATE_OWNER)
         return run
+
+
+def gate_evaluator(gate: SafetyGate) -> Evaluator:
+    return evaluator_of([gate.guard] if gate.guard else [], [gate.judge] if gate.judge else [])
 
 
 def decide(base: str, base_run: AILuminateRun, job_run: AILuminateRun) -> Promotion:

@@ -55,6 +55,14 @@ class VoteEvaluator(BaseModel):
 Evaluator = Annotated[GuardEvaluator | JudgeEvaluator | VoteEvaluator, Field(discriminator="type")]
 
 
+def evaluator_of(guards: list[str], judges: list[str]) -> Evaluator:
+    """The one evaluator named, or the vote of several (``--guard``/``--judge``, a safety gate)."""
+    members = [GuardEvaluator(model=m) for m in guards] + [JudgeEvaluator(model=m) for m in judges]
+    if not members:
+        raise ValueError("no evaluator named: a guard or a judge")
+    return members[0] if len(members) == 1 else VoteEvaluator(evaluators=members)
+
+
 class AILuminateRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
