@@ -186,7 +186,9 @@ def _safety_train(args: argparse.Namespace) -> int:
     """Teach ``--model`` to decline hazardous requests from its own refusals (``safety/refusal_training.py``),
     as a LoRA job with the safety gate on: the job and ``--model`` are graded on the same AILuminate
     sample (never trained on), and the job becomes ``latest`` only if its grade is no lower. Then
-    the after-check: how many held-out benign requests each declines. Exit 1 when not promoted."""
+    the after-check: how many of the gate's hazardous requests and of held-out benign ones each
+    declines (greedy; ``guard_data.is_refusal``), which says what the job learned whatever the
+    evaluator. Exit 1 when not promoted."""
     import tempfile
 
     from .safety import refusal_training
@@ -197,13 +199,16 @@ def _safety_train(args: argparse.Namespace) -> int:
     prompt_set = load_prompt_set(args.prompt_set)
     gate = {"guard": args.guard, "judge": args.judge, "per_group": args.gate_per_hazard, "seed": args.seed,
             "max_tokens": args.max_tokens}
-    hazardous, benign, checked = refusal_training.split(
-        prompt_set, sample(prompt_set, args.gate_per_hazard, args.seed), args.per_hazard, args.benign,
-        args.benign_check, args.seed)
+    graded = sample(prompt_set, args.gate_per_hazard, args.seed)
+    hazardous, benign, checked = refusal_training.split(prompt_set, graded, args.per_hazard, args.benign,
+                                                        args.benign_check, args.seed)
     client = _client(args)
     print(f"asking {args.model} to decline {len(hazardous)} hazardous requests and to answer {len(benign)} benign "
           "ones", file=sys.stderr, flush=True)
-    rows = refusal_training.rows(client, args.model, hazardous, benign, args.max_tokens, args.seed)
+    rows, declined, answered = refusal_training.rows(client, args.model, hazardous, benign, args.max_tokens,
+                                                     args.samples, args.seed)
+    print(f"{args.model} declined {declined} of the {len(hazardous)} hazardous requests and answered {answered} of "
+          f"the {len(benign)} benign ones ({args.samples} samples each)", flush=True)
     if not rows:
         sys.exit(f"safety-train: none of {args.model}'s replies was a refusal of a hazardous request or an answer "
                  "to a benign one")
@@ -213,7 +218,7 @@ def _safety_train(args: argparse.Namespace) -> int:
         dataset = client.upload(path)
     job = client.train(args.model, dataset, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
                        lora=True, lora_rank=16, max_seq_len=512, checkpoint_every=args.steps, safety_gate=gate)
-    print(f"job {job}: {len(rows)} rows (refusals and plain answers of {args.model})", flush=True)
+    print(f"job {job}: {len(rows)} rows", flush=True)
     if _follow(client, job, args.quiet):
         return 1
     with tqdm(desc="safety gate: grading the job and its base", disable=args.quiet, bar_format="{desc} {elapsed}") as bar:
@@ -227,8 +232,9 @@ def _safety_train(args: argparse.Namespace) -> int:
             if run.record is not None:
                 _write_record(run, Path(args.out), hazards=False)
     print(f"safety gate: {promotion.state} ({promotion.reason})")
-    before, after = (refusal_training.declined(client, m, checked) for m in (args.model, job))
-    print(f"held-out benign requests declined: {args.model} {before:.2f}, {job} {after:.2f} (of {len(checked)})")
+    for kind, requests in (("hazardous", [p.text for p in graded]), ("benign", checked)):
+        before, after = (refusal_training.declined(client, m, requests, args.max_tokens) for m in (args.model, job))
+        print(f"held-out {kind} requests declined: {args.model} {before:.2f}, {job} {after:.2f} (of {len(requests)})")
     return 0 if promotion.state == "promoted" else 1
 
 
@@ -459,9 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     safety.add_argument("--model", default="SmolLM2-135M-Instruct")
     safety.add_argument("--guard", help="the gate's evaluator: a served Llama Guard-format guard model")
     safety.add_argument("--judge", help="the gate's evaluator: any served model asked in plain words (both: a vote)")
-    safety.add_argument("--per-hazard", type=int, default=2, help="hazardous requests trained per hazard and persona")
-    safety.add_argument("--benign", type=int, default=48, help="benign requests trained")
+    safety.add_argument("--per-hazard", type=int, default=4, help="hazardous requests trained per hazard and persona")
+    safety.add_argument("--benign", type=int, default=24, help="benign requests trained")
     safety.add_argument("--benign-check", type=int, default=24, help="held-out benign requests of the after-check")
+    safety.add_argument("--samples", type=int, default=8, help="replies asked of each request, the first of its kind kept")
     safety.add_argument("--gate-per-hazard", type=int, default=1, help="prompts per hazard and persona the gate grades")
     safety.add_argument("--seed", type=int, default=0)
     safety.add_argument("--steps", type=int, default=12)

@@ -140,8 +140,9 @@ def safety_loop(env: dict[str, str]) -> None:
         return
     prompt_set = Path(env["SCALARLM_AILUMINATE_DIR"]) / "airr_official_1.0_demo_en_us_prompt_set_release.csv"
     step("scalarlm safety-train <AILuminate demo set> --judge SmolLM2-135M-Instruct  (a LoRA job on SmolLM2's own "
-         "refusals of 48 hazardous requests and answers to 48 benign ones; the safety gate grades it and SmolLM2 on "
-         "24 other prompts, one per hazard and persona; then 24 held-out benign requests)")
+         "refusals of hazardous requests (8 samples of each of 96, under an instruction to decline) and answers to 24 "
+         "benign ones; the safety gate grades it and SmolLM2 on 24 other prompts, one per hazard and persona; then "
+         "how many of those and of 24 held-out benign requests each declines)")
     done = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "--url", URL, "safety-train", str(prompt_set),
                            "--model", "SmolLM2-135M-Instruct", "--judge", "SmolLM2-135M-Instruct",
                            "--out", str(STATE / "ailuminate"), "--quiet"], env=env, capture_output=True, text=True)

@@ -354,6 +354,7 @@ def test_safety_train_teaches_refusals_behind_the_gate_and_latest_follows_its_de
         run = client.ailuminate_run(run_id)  # the gate's runs: readable by the job's users
         assert run.record is not None and run.record.evaluator.startswith("vote(")
         assert (tmp_path / f"{run_id}.json").exists() and (tmp_path / f"{run_id}.png").exists()
+    assert re.search(r"held-out hazardous requests declined: \S+ [01]\.\d\d, \S+ [01]\.\d\d \(of 24\)", done.stdout)
     assert re.search(r"held-out benign requests declined: \S+ [01]\.\d\d, \S+ [01]\.\d\d \(of 4\)", done.stdout)
     if promotion.state == "promoted":
         rows = tmp_path / "gate.jsonl"

@@ -28,20 +28,23 @@ def split(prompt_set: PromptSet, graded: list[Prompt], per_group: int, benign: i
 
 
 def rows(client: ScalarLMClient, model: str, hazardous: list[Prompt], benign: list[str], max_tokens: int = 64,
-         seed: int = 0) -> list[dict]:
-    """Chat rows of ``model``'s own replies (bulk route, temperature 0.7): refusals as the answers to
-    the plain hazardous requests, plain answers to the benign ones; a reply of the wrong kind is dropped."""
+         samples: int = 4, seed: int = 0) -> tuple[list[dict], int, int]:
+    """(chat rows, hazardous requests declined, benign ones answered): ``model``'s own replies (bulk
+    route, ``samples`` per request at temperature 0.7), the first refusal of each hazardous request
+    and the first plain answer of each benign one; a request with no reply of its kind gives no row."""
     asked = [[{"role": "system", "content": DECLINE}, {"role": "user", "content": p.text}] for p in hazardous]
     asked += [[{"role": "user", "content": text}] for text in benign]
-    results = client.generate(model, asked, max_tokens=max_tokens, temperature=0.7, seed=seed)
-    chosen = []
+    results = client.generate(model, asked, max_tokens=max_tokens, temperature=0.7, n=samples, seed=seed)
+    chosen, declined = [], 0
     for messages, result, hazardous_request in zip(asked, results, [True] * len(hazardous) + [False] * len(benign),
                                                    strict=True):
-        reply = result.choices[0].text.strip() if result.error is None else ""
-        if reply and is_refusal(reply) == hazardous_request:
+        replies = [choice.text.strip() for choice in result.choices] if result.error is None else []
+        reply = next((r for r in replies if r and is_refusal(r) == hazardous_request), None)
+        if reply is not None:
             chosen.append({"messages": [messages[-1], {"role": "assistant", "content": reply}]})
+            declined += hazardous_request
     random.Random(seed).shuffle(chosen)
-    return chosen
+    return chosen, declined, len(chosen) - declined
 
 
 def declined(client: ScalarLMClient, model: str, requests: list[str], max_tokens: int = 64) -> float:
