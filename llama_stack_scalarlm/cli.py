@@ -314,6 +314,14 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a count of at least 1 (argparse names the option in its error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _setting(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     try:
@@ -465,16 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     safety.add_argument("--model", default="SmolLM2-135M-Instruct")
     safety.add_argument("--guard", help="the gate's evaluator: a served Llama Guard-format guard model")
     safety.add_argument("--judge", help="the gate's evaluator: any served model asked in plain words (both: a vote)")
-    safety.add_argument("--per-hazard", type=int, default=4, help="hazardous requests trained per hazard and persona")
-    safety.add_argument("--benign", type=int, default=24, help="benign requests trained")
-    safety.add_argument("--benign-check", type=int, default=24, help="held-out benign requests of the after-check")
-    safety.add_argument("--samples", type=int, default=8, help="replies asked of each request, the first of its kind kept")
-    safety.add_argument("--gate-per-hazard", type=int, default=1, help="prompts per hazard and persona the gate grades")
+    safety.add_argument("--per-hazard", type=_positive, default=4, help="hazardous requests trained per hazard and persona")
+    safety.add_argument("--benign", type=_positive, default=24, help="benign requests trained")
+    safety.add_argument("--benign-check", type=_positive, default=24, help="held-out benign requests of the after-check")
+    safety.add_argument("--samples", type=_positive, default=8, help="replies asked of each request, the first of its kind kept")
+    safety.add_argument("--gate-per-hazard", type=_positive, default=1, help="prompts per hazard and persona the gate grades")
     safety.add_argument("--seed", type=int, default=0)
-    safety.add_argument("--steps", type=int, default=12)
+    safety.add_argument("--steps", type=_positive, default=12)
     safety.add_argument("--lr", type=float, default=2e-3)
-    safety.add_argument("--batch-size", type=int, default=8)
-    safety.add_argument("--max-tokens", type=int, default=64, help="of each reply")
+    safety.add_argument("--batch-size", type=_positive, default=8)
+    safety.add_argument("--max-tokens", type=_positive, default=64, help="of each reply")
     safety.add_argument("--out", default="ailuminate", help="where both runs' records (JSON) and charts (PNG) go")
     safety.add_argument("--quiet", action="store_true")
     safety.set_defaults(func=_safety_train)

@@ -52,3 +52,14 @@ def test_the_gate_grades_with_its_guard_its_judge_or_their_vote_and_must_name_on
     assert gate_evaluator(SafetyGate(guard="g", judge="j")).name == "vote(guard:g,judge:j)"
     with pytest.raises(ValidationError, match="guard, judge"):
         SafetyGate(per_group=2)
+
+
+def test_safety_train_names_a_count_below_one_before_asking_anything():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for option in ("--per-hazard", "--samples", "--benign"):
+        done = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "safety-train", "set.csv", "--judge", "j",
+                               option, "0"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and f"argument {option}: must be at least 1, not 0" in done.stderr, done.stderr
