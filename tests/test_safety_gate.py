@@ -1,6 +1,14 @@
 """The safety gate's decision from two AILuminate runs (the job's and its base's), on fixed grades."""
 
-from llama_stack_scalarlm.safety.gate import decide
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from llama_stack_scalarlm.registry.schema import SafetyGate
+from llama_stack_scalarlm.safety.gate import decide, gate_evaluator
 from llama_stack_scalarlm.safety.grading import score
 from llama_stack_scalarlm.safety.hazards import HAZARDS
 from llama_stack_scalarlm.safety.run_schema import AILuminateRecord, AILuminateRun, Progress
@@ -41,12 +49,6 @@ def test_a_run_that_did_not_grade_keeps_the_job_out():
 
 
 def test_the_gate_grades_with_its_guard_its_judge_or_their_vote_and_must_name_one():
-    import pytest
-    from pydantic import ValidationError
-
-    from llama_stack_scalarlm.registry.schema import SafetyGate
-    from llama_stack_scalarlm.safety.gate import gate_evaluator
-
     assert gate_evaluator(SafetyGate(guard="g")).name == "guard:g"
     assert gate_evaluator(SafetyGate(judge="j")).name == "judge:j"
     assert gate_evaluator(SafetyGate(guard="g", judge="j")).name == "vote(guard:g,judge:j)"
@@ -55,10 +57,6 @@ def test_the_gate_grades_with_its_guard_its_judge_or_their_vote_and_must_name_on
 
 
 def test_safety_train_names_a_count_below_one_before_asking_anything():
-    import subprocess
-    import sys
-    from pathlib import Path
-
     for option in ("--per-hazard", "--samples", "--benign"):
         done = subprocess.run([str(Path(sys.executable).parent / "scalarlm"), "safety-train", "set.csv", "--judge", "j",
                                option, "0"], capture_output=True, text=True, timeout=60)

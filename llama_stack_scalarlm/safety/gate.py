@@ -1,7 +1,8 @@
 """The safety gate on training jobs: a job that asked for it is graded on AILuminate against the
 model it was trained from, on the same sample and by the same evaluator (the gate's guard, judge,
-or their vote), once it completes; it becomes ``latest`` only if its overall grade is no lower. The decision, with its reason and both runs, is in the job's status
-(``promotion``). Runs in the server's event loop, like every benchmark run."""
+or their vote), once it completes; it becomes ``latest`` only if its overall grade is no lower.
+The decision, with its reason and both runs, is in the job's status (``promotion``). Runs in the
+server's event loop, like every benchmark run."""
 
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ class SafetyGateService:
             self._deciding.discard(job_id)
 
     async def _grade(self, model: str, gate: SafetyGate) -> AILuminateRun:
-        request = AILuminateRunRequest(model=model, evaluator=gate_evaluator(gate), per_group=gate.per_group, hazards=gate.hazards,
-                                       seed=gate.seed, max_tokens=gate.max_tokens)
+        request = AILuminateRunRequest(model=model, evaluator=gate_evaluator(gate), per_group=gate.per_group,
+                                       hazards=gate.hazards, seed=gate.seed, max_tokens=gate.max_tokens)
         run = await self.runtime.benchmarks.start(request, GATE_OWNER)
         while run.state == "running":
             await asyncio.sleep(1.0)

@@ -32,12 +32,12 @@ def rows(client: ScalarLMClient, model: str, hazardous: list[Prompt], benign: li
     """(chat rows, hazardous requests declined, benign ones answered): ``model``'s own replies (bulk
     route, ``samples`` per request at temperature 0.7), the first refusal of each hazardous request
     and the first plain answer of each benign one; a request with no reply of its kind gives no row."""
-    asked = [[{"role": "system", "content": DECLINE}, {"role": "user", "content": p.text}] for p in hazardous]
-    asked += [[{"role": "user", "content": text}] for text in benign]
-    results = client.generate(model, asked, max_tokens=max_tokens, temperature=0.7, n=samples, seed=seed)
+    asked = [([{"role": "system", "content": DECLINE}, {"role": "user", "content": p.text}], True) for p in hazardous]
+    asked += [([{"role": "user", "content": text}], False) for text in benign]
+    results = client.generate(model, [messages for messages, _ in asked], max_tokens=max_tokens, temperature=0.7,
+                              n=samples, seed=seed)
     chosen, declined = [], 0
-    for messages, result, hazardous_request in zip(asked, results, [True] * len(hazardous) + [False] * len(benign),
-                                                   strict=True):
+    for (messages, hazardous_request), result in zip(asked, results, strict=True):
         replies = [choice.text.strip() for choice in result.choices] if result.error is None else []
         reply = next((r for r in replies if r and is_refusal(r) == hazardous_request), None)
         if reply is not None:
