@@ -83,11 +83,24 @@ def test_chat_prompts_in_bulk(server, tiny_model):
     ({"model": "tiny-llama", "prompts": [[{"role": "robot", "content": "x"}]]}, 400, "role"),
     ({"model": "nope", "prompts": ["a"]}, 404, "nope"),
     ({"prompts": ["a"]}, 400, "model"),
+    # what the bulk route does not take is refused, never dropped (OpenAI sampling fields included)
+    ({"model": "tiny-llama", "prompts": ["a"], "presence_penalty": 1.0}, 400, "presence_penalty"),
+    ({"model": "tiny-llama", "prompts": [[{"role": "user", "content": "x", "name": "ann"}]]}, 400, "name"),
 ])
 def test_bulk_bad_input(server, body, status, field):
     response = httpx.post(f"{server.url}/v1/scalarlm/generate", json=body, headers=server.headers)
     assert response.status_code == status
     assert field in response.text
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("generate/results", {"request_ids": ["1-" + "a" * 24], "wait": 5}, "wait"),
+    ("generate/cancel", {"request_ids": ["1-" + "a" * 24], "all": True}, "all"),
+    ("uploads", {"size": 3, "name": "rows.jsonl"}, "name"),
+])
+def test_unknown_fields_of_polls_cancels_and_uploads_are_refused(server, route, body, field):
+    response = httpx.post(f"{server.url}/v1/scalarlm/{route}", json=body, headers=server.headers)
+    assert response.status_code == 400 and field in response.text, response.text
 
 
 def test_cli_generate(server, tiny_model, capsys):

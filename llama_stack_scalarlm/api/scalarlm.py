@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from llama_stack_api.router_utils import PUBLIC_ROUTE_KEY
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..auth.stack_client import INVALID_TOKEN, VALIDATE_PATH, api_key_of
 from ..queue.schema import QueueStats, RequestId, RequestStatus
@@ -27,12 +27,18 @@ from .worker import WorkerProtocol, create_worker_router
 PREFIX = "/v1/scalarlm"
 
 
-class ChatMessage(BaseModel):
+class _Strict(BaseModel):
+    """A client's request: a field this route does not take is a 400 naming it, never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
 
 
-class BulkGenerateRequest(BaseModel):
+class BulkGenerateRequest(_Strict):
     """Many prompts, one call: each prompt is a string (completion) or a list of messages (chat)."""
 
     model: str
@@ -45,13 +51,15 @@ class BulkGenerateRequest(BaseModel):
     n: int = Field(1, ge=1, description="samples per prompt (at most limits.max_n)")
     logprobs: int | None = Field(None, ge=0, le=20, description="per sampled token: its log-probability and the "
                                  "top k alternatives (token ids), in each choice's `logprobs`")
+    ignore_eos: bool = Field(False, description="generate to max_tokens even past the end of sequence (vLLM's; "
+                             "fixed-length benchmarks)")
 
 
 class BulkGenerateResponse(BaseModel):
     request_ids: list[RequestId]
 
 
-class BulkResultsRequest(BaseModel):
+class BulkResultsRequest(_Strict):
     request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
     wait_s: float = Field(0.0, ge=0, le=60, description="long poll: answer once any of them has finished, or after this long")
     ack: list[RequestId] = Field(
@@ -65,7 +73,7 @@ class BulkResultsResponse(BaseModel):
     results: list[RequestStatus]
 
 
-class CancelRequest(BaseModel):
+class CancelRequest(_Strict):
     request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
 
 
@@ -74,7 +82,7 @@ class CancelResponse(BaseModel):
                                        "stopped, or their result deleted)")
 
 
-class UploadRequest(BaseModel):
+class UploadRequest(_Strict):
     size: int = Field(..., ge=1, description="bytes to upload")
     sha256: str | None = Field(None, description="the content's hash, if known: identical content is not sent again")
 

@@ -167,6 +167,7 @@ class EngineCore:
             stop=request.stop or None,
             seed=request.seed,
             logprobs=request.logprobs,
+            ignore_eos=request.ignore_eos,
             output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end: bulk requests do not stream
         )
 

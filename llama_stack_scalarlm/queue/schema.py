@@ -23,6 +23,7 @@ class GenerationRequest(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1)
     logprobs: int | None = Field(None, ge=0, description="log-probabilities of each sampled token and of its top k")
+    ignore_eos: bool = False
 
 
 class OpenAIRequest(BaseModel):

@@ -63,6 +63,7 @@ class ScalarLMProvider:
             seed=request.seed,
             n=request.n,
             logprobs=request.logprobs,
+            ignore_eos=request.ignore_eos,
         )
         requests = [
             GenerationRequest(kind="completion", prompt=p, **common)
