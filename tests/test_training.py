@@ -300,6 +300,10 @@ def test_round_two_trained_from_round_one_keeps_its_facts_and_learns_its_own(sta
     ({"validation_dataset_id": "held-out"}, "validation_dataset_id"),  # accepted and ignored before
     ({"logger_config": {"wandb_project": "p"}}, "logger_config"),
     ({"batch_size": 3, "hyperparam_search_config": {"processes_per_node": 2}}, "not a multiple of the 2"),
+    # a field no config takes (a typo, or another provider's) is refused, never dropped
+    ({"shuffel": False}, "shuffel"),
+    ({"training_config.gradient_accumulation_step": 4}, "gradient_accumulation_step"),
+    ({"body.checkpoint_every": 5}, "checkpoint_every"),
 ])
 def test_bad_training_input_is_a_400_and_submits_nothing(stack, client, facts_sha, change, field):
     before = len(client.jobs())
@@ -313,9 +317,10 @@ def test_bad_training_input_is_a_400_and_submits_nothing(stack, client, facts_sh
         },
     }
     for key, value in change.items():
-        if key in body:
+        where, _, key = key.rpartition(".")  # "body." or "training_config." where the key alone says nothing
+        if where == "body" or key in body:
             body[key] = value
-        elif key in body["training_config"]:
+        elif where == "training_config" or key in body["training_config"]:
             body["training_config"][key] = value
         elif key == "lr":
             body["training_config"]["optimizer_config"]["lr"] = value

@@ -35,6 +35,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from .bounded import bounded_route_class
+from .strict import StrictRequest
 
 API_NAME = "post_training"
 PREFIX = "/v1alpha/post-training"
@@ -119,7 +120,7 @@ class DPOLossType(StrEnum):
 # --------------------------------------------------------------------------------------------------
 
 
-class DataConfig(BaseModel):
+class DataConfig(StrictRequest):
     """Which dataset to train on and how to batch it."""
 
     dataset_id: str = Field(..., description="Id of the registered training dataset.")
@@ -131,21 +132,21 @@ class DataConfig(BaseModel):
     train_on_input: bool | None = Field(False, description="Compute the loss on input tokens as well.")
 
 
-class OptimizerConfig(BaseModel):
+class OptimizerConfig(StrictRequest):
     optimizer_type: OptimizerType = Field(..., description="adam, adamw or sgd.")
     lr: float = Field(..., description="Learning rate.")
     weight_decay: float = Field(..., description="Weight decay coefficient.")
     num_warmup_steps: int = Field(..., description="Learning-rate warmup steps.")
 
 
-class EfficiencyConfig(BaseModel):
+class EfficiencyConfig(StrictRequest):
     enable_activation_checkpointing: bool | None = False
     enable_activation_offloading: bool | None = False
     memory_efficient_fsdp_wrap: bool | None = False
     fsdp_cpu_offload: bool | None = False
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(StrictRequest):
     n_epochs: int = Field(..., description="Number of epochs.")
     max_steps_per_epoch: int = Field(1, description="Upper bound on optimizer steps per epoch.")
     gradient_accumulation_steps: int = Field(1, description="Micro-batches accumulated per optimizer step.")
@@ -156,7 +157,7 @@ class TrainingConfig(BaseModel):
     dtype: str | None = Field("bf16", description="Parameter dtype: bf16, fp16 or fp32.")
 
 
-class LoraFinetuningConfig(BaseModel):
+class LoraFinetuningConfig(StrictRequest):
     type: Literal["LoRA"] = "LoRA"
     lora_attn_modules: list[str] = Field(..., description="Attention projections that get adapters.")
     apply_lora_to_mlp: bool
@@ -167,7 +168,7 @@ class LoraFinetuningConfig(BaseModel):
     quantize_base: bool | None = False
 
 
-class QATFinetuningConfig(BaseModel):
+class QATFinetuningConfig(StrictRequest):
     type: Literal["QAT"] = "QAT"
     quantizer_name: str
     group_size: int
@@ -177,7 +178,7 @@ AlgorithmConfig = Annotated[LoraFinetuningConfig | QATFinetuningConfig, Field(di
 """Fine-tuning algorithm, chosen by ``type``: ``"LoRA"`` or ``"QAT"``."""
 
 
-class DPOAlignmentConfig(BaseModel):
+class DPOAlignmentConfig(StrictRequest):
     beta: float = Field(..., description="Temperature of the DPO loss.")
     loss_type: DPOLossType = DPOLossType.sigmoid
 
@@ -242,7 +243,7 @@ class PostTrainingJobLogStream(BaseModel):
 # --------------------------------------------------------------------------------------------------
 
 
-class SupervisedFineTuneRequest(BaseModel):
+class SupervisedFineTuneRequest(StrictRequest):
     job_uuid: str = Field(..., description="Id the caller chooses for the new job.")
     training_config: TrainingConfig = Field(..., description="Epochs, data, optimizer and efficiency settings.")
     hyperparam_search_config: dict[str, Any] = Field(..., description="Hyperparameter search settings.")
@@ -252,7 +253,7 @@ class SupervisedFineTuneRequest(BaseModel):
     algorithm_config: AlgorithmConfig | None = Field(None, description="LoRA or QAT; None: full fine-tune.")
 
 
-class PreferenceOptimizeRequest(BaseModel):
+class PreferenceOptimizeRequest(StrictRequest):
     job_uuid: str = Field(..., description="Id the caller chooses for the new job.")
     finetuned_model: str = Field(..., description="Model to optimize.")
     algorithm_config: DPOAlignmentConfig = Field(..., description="DPO settings.")

@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from llama_stack_api.router_utils import PUBLIC_ROUTE_KEY
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ..auth.stack_client import INVALID_TOKEN, VALIDATE_PATH, api_key_of
 from ..queue.schema import QueueStats, RequestId, RequestStatus
@@ -22,23 +22,18 @@ from ..registry.uploads import UploadSession
 from ..safety.run_schema import AILuminateRun, AILuminateRunRequest
 from ..slurm import QueueEntry
 from .bounded import bounded_route_class
+from .strict import StrictRequest
 from .worker import WorkerProtocol, create_worker_router
 
 PREFIX = "/v1/scalarlm"
 
 
-class _Strict(BaseModel):
-    """A client's request: a field this route does not take is a 400 naming it, never dropped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class ChatMessage(_Strict):
+class ChatMessage(StrictRequest):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
 
 
-class BulkGenerateRequest(_Strict):
+class BulkGenerateRequest(StrictRequest):
     """Many prompts, one call: each prompt is a string (completion) or a list of messages (chat)."""
 
     model: str
@@ -59,7 +54,7 @@ class BulkGenerateResponse(BaseModel):
     request_ids: list[RequestId]
 
 
-class BulkResultsRequest(_Strict):
+class BulkResultsRequest(StrictRequest):
     request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
     wait_s: float = Field(0.0, ge=0, le=60, description="long poll: answer once any of them has finished, or after this long")
     ack: list[RequestId] = Field(
@@ -73,7 +68,7 @@ class BulkResultsResponse(BaseModel):
     results: list[RequestStatus]
 
 
-class CancelRequest(_Strict):
+class CancelRequest(StrictRequest):
     request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
 
 
@@ -82,7 +77,7 @@ class CancelResponse(BaseModel):
                                        "stopped, or their result deleted)")
 
 
-class UploadRequest(_Strict):
+class UploadRequest(StrictRequest):
     size: int = Field(..., ge=1, description="bytes to upload")
     sha256: str | None = Field(None, description="the content's hash, if known: identical content is not sent again")
 
