@@ -20,12 +20,36 @@ def _client(args: argparse.Namespace, **kwargs) -> ScalarLMClient:
     return ScalarLMClient(args.url, api_key=args.api_key, **kwargs)
 
 
+def _file_prompts(path: str) -> list[str]:
+    """One prompt per non-blank line: plain text, or a JSON object whose only key is ``prompt``
+    (anything else in it would be dropped: refused, naming the line)."""
+    prompts = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            if not line.lstrip().startswith("{"):
+                prompts.append(line.rstrip("\n"))
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {number}: not JSON ({exc.msg})") from None
+            if not isinstance(row.get("prompt"), str) or set(row) != {"prompt"}:
+                raise ValueError(f"{path} line {number}: a JSON line is {{\"prompt\": text}} and nothing else "
+                                 f"(keys: {sorted(row)})")
+            prompts.append(row["prompt"])
+    return prompts
+
+
 def _generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompt)
     if args.file:
-        with open(args.file) as handle:
-            prompts += [json.loads(line)["prompt"] if line.lstrip().startswith("{") else line.rstrip("\n")
-                        for line in handle if line.strip()]
+        try:
+            prompts += _file_prompts(args.file)
+        except ValueError as exc:
+            print(f"scalarlm generate: --file: {exc}", file=sys.stderr)
+            return 2
     if not prompts:
         print("scalarlm generate: give prompts as arguments or with --file", file=sys.stderr)
         return 2
@@ -44,12 +68,20 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `scalarlm train` sets from its own flags: a --set of the same name is refused, naming the flag.
+_TRAIN_FLAGS = {"steps": "--steps", "learning_rate": "--lr", "batch_size": "--batch-size", "lora": "--lora",
+                "method": "--method", "loss_type": "--loss-type", "shuffle": "--no-shuffle", "packed": "--packed"}
+
+
 def _train(args: argparse.Namespace) -> int:
+    settings = dict(_setting(s) for s in args.set)
+    if taken := sorted(settings.keys() & _TRAIN_FLAGS.keys()):
+        print(f"scalarlm train: --set {taken[0]}: give it as {_TRAIN_FLAGS[taken[0]]}", file=sys.stderr)
+        return 2
     client = _client(args)
     path = Path(args.dataset)
     with tqdm(total=path.stat().st_size, desc="upload", unit="B", unit_scale=True, disable=args.quiet) as bar:
         sha256 = client.upload(path, progress=lambda done, total: bar.update(done - bar.n))
-    settings = dict(_setting(s) for s in args.set)
     job_id = client.train(args.model, sha256, steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
                           lora=args.lora, method=args.method, shuffle=not args.no_shuffle, packed=args.packed,
                           loss_type=args.loss_type, **settings)

@@ -108,3 +108,17 @@ def test_cli_generate(server, tiny_model, capsys):
                          "one", "two"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and '"prompt": "one"' in lines[0] and '"completion"' in lines[0]
+
+
+@pytest.mark.parametrize("line", ['{"prompt": "one", "max_tokens": 5}', '{"text": "one"}', '{"prompt": "one"'])
+def test_cli_generate_refuses_a_file_line_it_would_misread_before_asking(tmp_path, capsys, line):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(f"plain prompt\n{line}\n")
+    assert scalarlm_cli(["--url", "http://127.0.0.1:9", "generate", "--model", "m", "--file", str(path)]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_cli_train_refuses_a_set_its_own_flag_gives(tmp_path, capsys):
+    assert scalarlm_cli(["--url", "http://127.0.0.1:9", "train", str(tmp_path / "rows.jsonl"), "--model", "m",
+                         "--set", "steps=5"]) == 2
+    assert "--set steps: give it as --steps" in capsys.readouterr().err

@@ -170,7 +170,7 @@ def test_a_field_the_server_does_not_know_is_a_400_naming_it(openai_client, tiny
     assert field in str(err.value)
 
 
-@pytest.mark.parametrize("field, value", [("return_token_ids", True), ("prompt_logprobs", 2),
+@pytest.mark.parametrize("field, value", [("return_token_ids", True), ("prompt_logprobs", 2), ("prompt_logprobs", 0),
                                           ("return_prompt_text", True)])
 def test_a_field_whose_answer_the_stack_cannot_carry_is_a_400_naming_it(openai_client, tiny_model, field, value):
     # vLLM would answer in response fields Llama Stack's OpenAI types drop on the way back

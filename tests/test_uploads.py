@@ -155,6 +155,29 @@ def test_finish_waits_for_an_append_still_storing_bytes(tmp_path):
     assert done.sha256 == hashlib.sha256(data).hexdigest() and store.blob(done.sha256).read_bytes() == data
 
 
+def test_a_finish_retried_while_the_first_stores_gets_the_stored_upload(tmp_path):
+    """A client whose finish timed out (hashing a large file takes a while) asks again: the retry
+    waits for the first and gets the same finished upload (it was a KeyError, a 500), as does a
+    finish or a status asked later; an append after it is a conflict, not a 500."""
+    store = UploadStore(tmp_path, max_bytes=1 << 20)
+    data = b"abc" * 300
+    session = store.begin(len(data))
+    asyncio.run(store.append(session.upload_id, 0, chunks(data)))
+
+    async def twice():
+        return await asyncio.gather(store.finish(session.upload_id), store.finish(session.upload_id))
+
+    first, retried = asyncio.run(twice())
+    digest = hashlib.sha256(data).hexdigest()
+    later = asyncio.run(store.finish(session.upload_id))
+    assert first.sha256 == retried.sha256 == later.sha256 == store.session(session.upload_id).sha256 == digest
+    assert retried.complete and store.session(session.upload_id).offset == len(data)
+    with pytest.raises(UploadConflictError, match="finished"):
+        asyncio.run(store.append(session.upload_id, len(data), chunks(b"more")))
+    assert store.blob(digest).read_bytes() == data
+    assert store.begin(len(data)).upload_id != session.upload_id, "without a hash, a new upload"
+
+
 def test_put_bytes_syncs_the_content_before_its_name_and_the_name_after(tmp_path, monkeypatch):
     store = UploadStore(tmp_path, max_bytes=1 << 20)
     data = b'{"input": "q", "output": "a"}\n'

@@ -168,7 +168,7 @@ def create_router(impl: ScalarLM) -> APIRouter:
         return await impl.training_job(job_id)
 
     @router.get("/training/jobs/{job_id}/log", response_model=LogChunk, summary="A job's SLURM log from `offset`")
-    async def training_log(job_id: str, offset: int = Query(0, ge=0)) -> LogChunk:
+    async def training_log(job_id: str, offset: int = Query(0, ge=0, le=2**63 - 1)) -> LogChunk:
         return await impl.training_log(job_id, offset)
 
     @router.get("/training/squeue", response_model=list[QueueEntry], summary="The SLURM queue")

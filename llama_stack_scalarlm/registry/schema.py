@@ -30,6 +30,8 @@ left out of its id, which a resubmission may change."""
 
 
 class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     rank: int = Field(8, ge=1, le=1024)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)

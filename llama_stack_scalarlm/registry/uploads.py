@@ -79,11 +79,14 @@ class UploadStore:
 
     def session(self, upload_id: str) -> UploadSession:
         """The upload as it stands; its offset is the bytes on disk (so a PUT cut off midway resumes
-        exactly where its bytes end, and the metadata is written once, at ``begin``)."""
+        exactly where its bytes end, and the metadata is written once, at ``begin``). A finished
+        upload's record is kept (until ``ttl_s``), so a retried finish or status gets its sha256."""
         path = self._meta(upload_id)
         if not path.exists():
             raise KeyError(upload_id)
         session = read_model(path, UploadSession)
+        if session.complete:
+            return session
         session.offset = self._partial(upload_id).stat().st_size
         session.storing = upload_id in self._appending and self._appending[upload_id].locked()
         return session
@@ -100,6 +103,8 @@ class UploadStore:
 
     async def _append(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes]) -> UploadSession:
         session = self.session(upload_id)
+        if session.complete:
+            raise UploadConflictError(f"upload_id: finished already, stored as sha256 {session.sha256}")
         if offset != session.offset:
             raise UploadConflictError(f"offset: {offset} given, the upload stands at {session.offset}")
         path = self._partial(upload_id)
@@ -158,16 +163,19 @@ class UploadStore:
         fsyncs run in a thread, off the event loop, since they take seconds for a large file."""
         async with self._appending.setdefault(upload_id, asyncio.Lock()):
             session = self.session(upload_id)
+            if session.complete:  # a retry that waited for the finish that stored it
+                return session
             if session.offset != session.size:
                 raise InvalidFieldError("size", f"{session.offset} of {session.size} bytes received")
             digest = (await asyncio.to_thread(self._hasher, session)).hexdigest()
             if session.expected_sha256 and digest != session.expected_sha256:
                 raise InvalidFieldError("sha256", f"content hashes to {digest}, not {session.expected_sha256}")
             await asyncio.to_thread(self._store, self._partial(upload_id), self.blob(digest))
-            self._meta(upload_id).unlink()
+            done = session.model_copy(update={"sha256": digest, "complete": True, "storing": False})
+            write_model(self._meta(upload_id), done)
             self._hashers.pop(upload_id, None)
             self._appending.pop(upload_id, None)
-        return session.model_copy(update={"sha256": digest, "complete": True})
+        return done
 
     @staticmethod
     def _store(partial: Path, blob: Path) -> None:
@@ -196,10 +204,11 @@ class UploadStore:
             upload_id = meta.stem
             if (lock := self._appending.get(upload_id)) is not None and lock.locked():
                 continue
+            partial = self._partial(upload_id)  # gone once finished: the record alone is left
             try:
-                if max(meta.stat().st_mtime, self._partial(upload_id).stat().st_mtime) > cutoff:
+                if max(meta.stat().st_mtime, partial.stat().st_mtime if partial.exists() else 0) > cutoff:
                     continue
-            except FileNotFoundError:  # finished meanwhile
+            except FileNotFoundError:  # removed meanwhile
                 continue
             self._partial(upload_id).unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
@@ -209,7 +218,7 @@ class UploadStore:
     def _partial_for(self, sha256: str, size: int) -> UploadSession | None:
         for meta in (self.root / "partial").glob("*.json"):
             session = read_model(meta, UploadSession)
-            if session.expected_sha256 == sha256 and session.size == size:
+            if not session.complete and session.expected_sha256 == sha256 and session.size == size:
                 return self.session(session.upload_id)
         return None
 

@@ -121,7 +121,7 @@ class ScalarLMInferenceProvider:
         model name."""
         body = params.model_dump(mode="json", exclude_none=True)
         for field in _UNCARRIED:
-            if body.get(field) not in (None, False):
+            if body.get(field) is not None and body[field] is not False:  # 0 too: prompt_logprobs 0 is an answer
                 raise InvalidFieldError(field, "vLLM answers it in a field Llama Stack's OpenAI response cannot carry "
                                                "(token ids and log-probabilities: /v1/scalarlm/generate)")
         model = self.runtime.catalogue.resolve(params.model, self.__provider_id__)
