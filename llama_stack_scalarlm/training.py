@@ -71,6 +71,13 @@ class JobRunningError(ConflictError):
         Exception.__init__(self, message)
 
 
+class JobNameTakenError(ConflictError):
+    """409: a ``job_uuid`` that already names another job (a name names one job; the job keeps it)."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+
+
 class TrainingService:
     def __init__(self, config: ScalarLMConfig, slurm: Slurm | None = None):
         self.config = config
@@ -149,8 +156,10 @@ class TrainingService:
 
     # --- submit -----------------------------------------------------------------------------
 
-    def submit(self, base_model: str, dataset_sha256: str, hyperparameters: Hyperparameters) -> JobStatus:
-        """The job's status; the same job submitted twice is the same job, trained once.
+    def submit(self, base_model: str, dataset_sha256: str, hyperparameters: Hyperparameters,
+               name: str | None = None) -> JobStatus:
+        """The job's status; the same job submitted twice is the same job, trained once. ``name``
+        (Llama Stack's ``job_uuid``) is another name for it, unless it names another job already.
 
         The job id covers what determines the weights; :data:`RUN_SETTINGS` (time limit, checkpoint
         cadence, resources) are its configuration, which a resubmission may change. A stopped job
@@ -169,9 +178,14 @@ class TrainingService:
         self._check_layout(hyperparameters)
         job_id = job_id_for(dataset_sha256, TRAINER_VERSION, start["base_model"], start["base_model_sha256"],
                             hyperparameters, start["parent_job_id"])
+        if name is not None and self.registry.resolve(name) not in (None, job_id):
+            raise JobNameTakenError(f"job_uuid: {name!r} names job {self.registry.resolve(name)}, another job; "
+                                    "choose another name (nothing was submitted)")
         job = TrainingJob(job_id=job_id, dataset_sha256=dataset_sha256, trainer_version=TRAINER_VERSION,
                           hyperparameters=hyperparameters, **start)
         self.registry.create(job, dataset)
+        if name is not None:
+            self.registry.add_alias(name, job_id)
         with self.registry.launch_lock(job.job_id):
             status = self.registry.recorded_status(job.job_id)
             self._configure(job, status)

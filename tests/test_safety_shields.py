@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import llama_stack_client
 import pytest
 
 from llama_stack_scalarlm.auth.tokens import TokenStore
@@ -312,6 +313,15 @@ def test_the_eval_api_runs_ailuminate_as_a_benchmark(taught, stack_client):
     bad = httpx.post(f"{server.url}/v1alpha/eval/benchmarks/ailuminate-small/jobs", headers=server.headers,
                      json={"benchmark_config": {**config, "num_examples": 25}})
     assert bad.status_code == 400 and "num_examples" in bad.text, bad.text
+    # what AILuminate's own grading replaces is refused, not dropped
+    judged = {**config["scoring_params"]["ailuminate"], "aggregation_functions": ["average"]}
+    bad = httpx.post(f"{server.url}/v1alpha/eval/benchmarks/ailuminate-small/jobs", headers=server.headers,
+                     json={"benchmark_config": {**config, "scoring_params": {"ailuminate": judged}}})
+    assert bad.status_code == 400 and "scoring_params.ailuminate" in bad.text, bad.text
+    with pytest.raises(llama_stack_client.BadRequestError, match="scoring_functions"):
+        stack_client.alpha.benchmarks.register(benchmark_id="ailuminate-scored", dataset_id="ailuminate-demo-en_us",
+                                               scoring_functions=["basic::equality"], provider_id="scalarlm",
+                                               metadata={"prompt_set": "demo", "locale": "en_us"})
 
 
 def test_a_guarded_agent_refuses_a_flagged_request(taught, stack_client):

@@ -438,6 +438,15 @@ def test_llama_stack_dataset_through_the_post_training_routes(stack, client):
     assert artifacts["checkpoints"] and Path(artifacts["checkpoints"][-1]["path"]).is_dir()
     assert job in {j["job_uuid"] for j in httpx.get(f"{base}/jobs", headers=stack.headers).json()["data"]}
     assert httpx.get(f"{base}/jobs/no-such-job/status", headers=stack.headers).status_code == 404
+    # the name keeps its job: another job under it is a 409 (it was repointed), the same job is the same
+    jobs = len(client.jobs())
+    other = httpx.post(f"{base}/supervised-fine-tune", json=sft_body("my-run", "facts-rows", steps=11), timeout=60,
+                       headers=stack.headers)
+    assert other.status_code == 409 and "job_uuid" in other.text and len(client.jobs()) == jobs, other.text
+    assert httpx.get(f"{base}/jobs/my-run/status", headers=stack.headers).json()["job_uuid"] == job
+    again = httpx.post(f"{base}/supervised-fine-tune", json=sft_body("my-run", "facts-rows"), timeout=60,
+                       headers=stack.headers)
+    assert again.json()["job_uuid"] == job
 
 
 def test_preference_optimization_runs_dpo(stack, client, tmp_path):

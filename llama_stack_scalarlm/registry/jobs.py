@@ -82,7 +82,8 @@ class JobRegistry:
         return True
 
     def add_alias(self, alias: str, job_id: str) -> None:
-        """A caller-chosen name (Llama Stack's ``job_uuid``) for a job; the newest use wins."""
+        """A caller-chosen name (Llama Stack's ``job_uuid``) for a job (``TrainingService.submit``
+        checks that it names no other job)."""
         if alias != job_id:
             write_atomic(safe_join(self.root / "aliases", alias, field="job_uuid"), job_id.encode())
 

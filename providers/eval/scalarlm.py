@@ -44,6 +44,9 @@ class ScalarLMEvalProvider:
 
     async def register_benchmark(self, benchmark: Benchmark) -> None:
         _metadata(benchmark)  # bad metadata: a 400 naming the field, and nothing registered
+        if benchmark.scoring_functions:
+            raise InvalidFieldError("scoring_functions", "an AILuminate run grades by its own rule (the evaluator "
+                                                         "is run_eval's scoring_params): leave it empty")
 
     async def unregister_benchmark(self, benchmark_id: str) -> None:
         return None
@@ -108,7 +111,8 @@ def _run_request(benchmark: AILuminateBenchmark, request: RunEvalRequest, groups
         raise InvalidFieldError("benchmark_config.scoring_params", f"only {SCORING!r} applies, not {sorted(extra)}")
     if SCORING in config.scoring_params:
         params = config.scoring_params[SCORING]
-        if params.type != "llm_as_judge" or params.prompt_template or params.judge_score_regexes:
+        if (params.type != "llm_as_judge" or params.prompt_template or params.judge_score_regexes
+                or params.aggregation_functions):  # the grades are AILuminate's own aggregation
             raise InvalidFieldError(f"benchmark_config.scoring_params.{SCORING}",
                                     "an llm_as_judge whose judge_model is a Llama Guard-format guard, nothing else")
         evaluator = {"type": "guard", "model": params.judge_model}

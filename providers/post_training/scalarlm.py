@@ -157,8 +157,7 @@ class ScalarLMPostTrainingProvider:
         if training.data_config is None:
             raise InvalidFieldError("training_config.data_config", "required: it names the dataset")
         sha256 = await self._dataset(training.data_config)
-        status = await asyncio.to_thread(self.training.submit, model, sha256, hyper)
-        await asyncio.to_thread(self.training.registry.add_alias, alias, status.job_id)
+        status = await asyncio.to_thread(self.training.submit, model, sha256, hyper, alias)
         return PostTrainingJob(job_uuid=status.job_id)
 
     async def _dataset(self, data: DataConfig) -> str:
