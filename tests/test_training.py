@@ -449,6 +449,14 @@ def test_llama_stack_dataset_through_the_post_training_routes(stack, client):
     assert again.json()["job_uuid"] == job
 
 
+def test_the_older_cancel_route_refuses_what_it_would_drop(stack):
+    cancel = f"{stack.url}/v1alpha/post-training/job/cancel"
+    extra = httpx.post(cancel, json={"job_uuid": "my-run", "reason": "done"}, headers=stack.headers)
+    assert extra.status_code == 400 and "reason" in extra.text, extra.text
+    both = httpx.post(cancel, params={"job_uuid": "other"}, json={"job_uuid": "my-run"}, headers=stack.headers)
+    assert both.status_code == 400 and "job_uuid" in both.text, both.text
+
+
 def test_preference_optimization_runs_dpo(stack, client, tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps({"prompt": q, "chosen": a, "rejected": FACTS[(i + 1) % 4][1]}) + "\n"

@@ -281,7 +281,7 @@ class GetTrainingJobStatusRequest(BaseModel):
     job_uuid: str = Field(..., description="Id of the job.")
 
 
-class CancelTrainingJobRequest(BaseModel):
+class CancelTrainingJobRequest(StrictRequest):
     job_uuid: str = Field(..., description="Id of the job to cancel.")
 
 
@@ -394,6 +394,8 @@ def create_router(impl: PostTraining) -> APIRouter:
         body: Annotated[CancelTrainingJobRequest | None, Body()] = None,
         job_uuid: Annotated[str | None, Query(description="Id of the job (when not in the body).")] = None,
     ) -> None:
+        if body is not None and job_uuid is not None and body.job_uuid != job_uuid:
+            raise HTTPException(status_code=400, detail="job_uuid: the body and the query name different jobs")
         uuid = body.job_uuid if body is not None else job_uuid
         if not uuid:
             raise HTTPException(status_code=400, detail="job_uuid: required (JSON body or query)")
