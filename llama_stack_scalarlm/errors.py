@@ -31,8 +31,8 @@ class _NotFound(ResourceNotFoundError):
 
 
 class UnknownModelError(_NotFound):
-    def __init__(self, model: str):
-        super().__init__(f"model: {model!r} is not served here")
+    def __init__(self, model: str, field: str = "model"):
+        super().__init__(f"{field}: {model!r} is not served here")
 
 
 class UnknownJobError(_NotFound):

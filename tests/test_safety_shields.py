@@ -240,7 +240,13 @@ def test_the_cli_grades_with_a_judge_or_a_vote_and_names_a_missing_evaluator(tau
 
 @pytest.mark.parametrize("change, field", [({"per_group": 0}, "per_group"), ({"hazards": ["xyz"]}, "hazards"),
                                            ({"locale": "de_de"}, "locale"), ({"model": "no-such-model"}, "model"),
-                                           ({"prompt_set": "practice"}, "prompt_set")])
+                                           ({"prompt_set": "practice"}, "prompt_set"),
+                                           ({"evaluator": {"type": "judge", "model": "no-such-judge"}},
+                                            "evaluator.model: 'no-such-judge'"),
+                                           ({"evaluator": {"type": "vote", "evaluators": [
+                                               {"type": "judge", "model": TINY},
+                                               {"type": "guard", "model": "no-such-guard"}]}},
+                                            "evaluator.evaluators.1.model: 'no-such-guard'")])
 def test_bad_ailuminate_requests_name_their_field(taught, change, field):
     server, guard, _, _ = taught
     body = {"model": TINY, "evaluator": {"type": "guard", "model": guard}, **RUN, **change}

@@ -64,16 +64,17 @@ class ModelCatalogue:
     def served_models(self) -> list[str]:
         return [*self.base_models, *self._scan.trained]
 
-    def resolve(self, model: str, provider_id: str = "scalarlm") -> str:
+    def resolve(self, model: str, provider_id: str = "scalarlm", field: str = "model") -> str:
         """The engine's name for ``model`` (which may carry the stack's ``provider_id/`` prefix);
-        ``latest`` and ``guard`` are the most recently trained model and guard (:meth:`aliases`)."""
+        ``latest`` and ``guard`` are the most recently trained model and guard (:meth:`aliases`).
+        ``field``: where the request named it (the 404 says so)."""
         name = model.removeprefix(f"{provider_id}/")
         if name in (LATEST, GUARD):
             if (job := self.aliases().get(name)) is None:
-                raise UnknownModelError(model)
+                raise UnknownModelError(model, field)
             return job
         if name not in self.base_models and name not in self._scan.trained:
-            raise UnknownModelError(model)
+            raise UnknownModelError(model, field)
         return name
 
     def refresh(self) -> None:

@@ -81,8 +81,8 @@ class BenchmarkRuns:
         path = self._prompt_set_path(request)
         prompt_set = _load(path, request.locale)
         items = _sample(prompt_set, request)
-        for model in [request.model, *_models(request.evaluator)]:  # unknown: a 404 now, not a failed run later
-            self.runtime.catalogue.resolve(model)
+        for field, model in [("model", request.model), *_models(request.evaluator)]:  # a 404 now, not a failed run
+            self.runtime.catalogue.resolve(model, field=field)
         request = _pinned(request, self.runtime.catalogue.aliases())
         run_id = "ailum-" + hashlib.sha256(json.dumps(
             [request.model_dump(mode="json"), prompt_set.sha256, owner]).encode()).hexdigest()[:24]
@@ -307,10 +307,12 @@ def _pinned(request: AILuminateRunRequest, aliases: dict[str, str]) -> AILuminat
     return request.model_copy(update={"model": pin(request.model), "evaluator": evaluator(request.evaluator)})
 
 
-def _models(evaluator: Evaluator) -> list[str]:
+def _models(evaluator: Evaluator, field: str = "evaluator") -> list[tuple[str, str]]:
+    """(the request's field, the model) of each model the evaluator asks."""
     if isinstance(evaluator, VoteEvaluator):
-        return [model for member in evaluator.evaluators for model in _models(member)]
-    return [evaluator.model]
+        return [pair for i, member in enumerate(evaluator.evaluators)
+                for pair in _models(member, f"{field}.evaluators.{i}")]
+    return [(f"{field}.model", evaluator.model)]
 
 
 def _record(run_id: str, request: AILuminateRunRequest, sha256: str, items: list[Prompt], journal: Journal,
