@@ -289,6 +289,8 @@ def test_round_two_trained_from_round_one_keeps_its_facts_and_learns_its_own(sta
     ({"dataset_id": "sha256:" + "0" * 64}, "dataset_id"),
     ({"lr": -1}, "lr"),
     ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
+    ({"n_epochs": 0}, "n_epochs"),
+    ({"n_epochs": -1, "max_steps_per_epoch": -5}, "n_epochs"),  # their product was taken for 5 steps
     ({"hyperparam_search_config": {"gpus_per_node": 8, "processes_per_node": 8}}, "gpus_per_node"),
     ({"hyperparam_search_config": {"processes_per_node": 64}}, "processes_per_node"),
     ({"hyperparam_search_config": {"no_such_knob": 1}}, "no_such_knob"),

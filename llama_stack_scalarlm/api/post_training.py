@@ -147,9 +147,9 @@ class EfficiencyConfig(StrictRequest):
 
 
 class TrainingConfig(StrictRequest):
-    n_epochs: int = Field(..., description="Number of epochs.")
-    max_steps_per_epoch: int = Field(1, description="Upper bound on optimizer steps per epoch.")
-    gradient_accumulation_steps: int = Field(1, description="Micro-batches accumulated per optimizer step.")
+    n_epochs: int = Field(..., ge=1, description="Number of epochs.")
+    max_steps_per_epoch: int = Field(1, ge=1, description="Upper bound on optimizer steps per epoch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     max_validation_steps: int | None = Field(1, description="Upper bound on validation steps per epoch.")
     data_config: DataConfig | None = None
     optimizer_config: OptimizerConfig | None = None
