@@ -306,7 +306,9 @@ def test_round_two_trained_from_round_one_keeps_its_facts_and_learns_its_own(sta
     ({"shuffel": False}, "shuffel"),
     ({"training_config.gradient_accumulation_step": 4}, "gradient_accumulation_step"),
     ({"body.checkpoint_every": 5}, "checkpoint_every"),
-    ({"hyperparam_search_config": {"lora": {"rank": 8, "droput": 0.1}}}, "hyperparam_search_config.lora.droput"),
+    ({"body.algorithm_config": {"type": "LoRA", "lora_attn_modules": ["q_proj"], "apply_lora_to_mlp": False,
+                                "apply_lora_to_output": False, "rank": 8, "alpha": 16, "lora_dropout": 0.1}},
+     "lora_dropout"),
 ])
 def test_bad_training_input_is_a_400_and_submits_nothing(stack, client, facts_sha, change, field):
     before = len(client.jobs())

@@ -240,7 +240,7 @@ def _hyperparameters(training: TrainingConfig, overrides: dict, **fixed) -> Hype
         return Hyperparameters.model_validate(values | overrides | fixed)
     except ValidationError as exc:
         field = _first_loc(exc)
-        if field.split(".", 1)[0] in overrides:
+        if field in overrides:
             field = f"hyperparam_search_config.{field}"
         raise InvalidFieldError(_API_FIELDS.get(field, field), _first_msg(exc)) from None
 
