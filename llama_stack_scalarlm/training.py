@@ -57,25 +57,23 @@ status.json for this long is FAILED: no trainer is running it."""
 _RESUME = "submit the job again to resume from its newest checkpoint"
 
 
-class JobBusyError(ConflictError):
+class _JobConflict(ConflictError):
+    """A 409 whose message is given whole (the stack's ConflictError composes its own)."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+
+
+class JobBusyError(_JobConflict):
     """409: SLURM has not settled the job yet (its previous run is still stopping, or a submission is unconfirmed)."""
 
-    def __init__(self, message: str):
-        Exception.__init__(self, message)
 
-
-class JobRunningError(ConflictError):
+class JobRunningError(_JobConflict):
     """409: new run settings for a job that SLURM holds (queued or training) with the ones it was launched with."""
 
-    def __init__(self, message: str):
-        Exception.__init__(self, message)
 
-
-class JobNameTakenError(ConflictError):
+class JobNameTakenError(_JobConflict):
     """409: a ``job_uuid`` that already names another job (a name names one job; the job keeps it)."""
-
-    def __init__(self, message: str):
-        Exception.__init__(self, message)
 
 
 class TrainingService:
@@ -178,8 +176,8 @@ class TrainingService:
         self._check_layout(hyperparameters)
         job_id = job_id_for(dataset_sha256, TRAINER_VERSION, start["base_model"], start["base_model_sha256"],
                             hyperparameters, start["parent_job_id"])
-        if name is not None and self.registry.resolve(name) not in (None, job_id):
-            raise JobNameTakenError(f"job_uuid: {name!r} names job {self.registry.resolve(name)}, another job; "
+        if name is not None and (named := self.registry.resolve(name)) not in (None, job_id):
+            raise JobNameTakenError(f"job_uuid: {name!r} names job {named}, another job; "
                                     "choose another name (nothing was submitted)")
         job = TrainingJob(job_id=job_id, dataset_sha256=dataset_sha256, trainer_version=TRAINER_VERSION,
                           hyperparameters=hyperparameters, **start)
