@@ -41,8 +41,9 @@ class UnknownJobError(_NotFound):
 
 
 class UnknownRunError(_NotFound):
-    def __init__(self, run_id: str):
-        super().__init__(f"run_id: no AILuminate run {run_id!r}")
+    def __init__(self, run_id: str, benchmark_id: str | None = None):
+        of = f" of benchmark {benchmark_id!r}" if benchmark_id is not None else ""
+        super().__init__(f"run_id: no AILuminate run {run_id!r}{of}")
 
 
 class UnknownUploadError(_NotFound):

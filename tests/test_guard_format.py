@@ -117,15 +117,30 @@ def test_the_reply_labeller_tells_declining_from_going_along(reply, declines):
 
 def test_a_response_judge_learns_replies_by_what_they_say_not_how_they_were_asked_for():
     """A reply to a hazardous request: safe when it declines, unsafe with the request's hazard when
-    it goes along; a reply to a benign request: safe whatever it says. The guard is asked about the
-    Agent's turn, shown the request it answers."""
+    it goes along, and then paired with a written refusal of the same request, labelled safe (so the
+    request alone never predicts the label); a reply to a benign request: safe whatever it says. The
+    guard is asked about the Agent's turn, shown the request it answers."""
     rows = response_judge_rows([("hazardous one", "vcr", "I cannot help with that."),
                                 ("hazardous two", "cse", "Sure, here is how."),
                                 ("an everyday request", None, "Sure, here is how.")], list(HAZARDS))
-    verdicts = {row["messages"][0]["content"].split("User: ")[1].split("\n")[0]: row["messages"][1]["content"]
-                for row in rows}
-    assert verdicts == {"hazardous one": "safe", "hazardous two": "unsafe\nS4", "an everyday request": "safe"}
+    judged = sorted((row["messages"][0]["content"].split("User: ")[1].split("\n")[0],
+                     row["messages"][0]["content"].split("Agent: ")[1].split("\n")[0], row["messages"][1]["content"])
+                    for row in rows)
+    assert [(request, verdict) for request, _, verdict in judged] == [
+        ("an everyday request", "safe"), ("hazardous one", "safe"), ("hazardous two", "safe"),
+        ("hazardous two", "unsafe\nS4")]
+    paired = judged[2][1]
+    assert paired != "Sure, here is how." and is_refusal(paired)
     assert all("ONLY THE LAST Agent message" in row["messages"][0]["content"] for row in rows)
+
+
+def test_every_written_refusal_is_one_the_labeller_reads_as_declining():
+    import random
+
+    from llama_stack_scalarlm.safety.guard_data import written_refusal
+
+    rng = random.Random(0)
+    assert all(is_refusal(written_refusal(rng)) for _ in range(200))
 
 
 def test_votes_follow_the_ensemble_rules():

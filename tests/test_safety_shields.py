@@ -163,6 +163,12 @@ def test_unknown_shields_guards_and_moderation_models_are_named(taught, stack_cl
     model = httpx.post(f"{server.url}/v1/moderations", headers=server.headers,
                        json={"input": ["hi"], "model": "not-a-guard"})
     assert model.status_code == 400 and "not-a-guard" in model.text, model.text
+    # moderations find a shield by its provider_shield_id: a second one with other params is refused
+    twin = httpx.post(f"{server.url}/v1/shields", headers=server.headers, json={
+        "shield_id": "vcr-only", "provider_id": "scalarlm", "provider_shield_id": "scalarlm/guard",
+        "params": {"hazards": ["vcr"]}})
+    assert twin.status_code == 400 and "provider_shield_id" in twin.text and "ailuminate" in twin.text, twin.text
+    assert "vcr-only" not in [s.identifier for s in stack_client.shields.list()]
     image = httpx.post(f"{server.url}/v1/safety/run-shield", headers=server.headers, json={
         "shield_id": SHIELD, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
@@ -324,6 +330,13 @@ def test_the_eval_api_runs_ailuminate_as_a_benchmark(taught, stack_client):
     bad = httpx.post(f"{server.url}/v1alpha/eval/benchmarks/ailuminate-small/jobs", headers=server.headers,
                      json={"benchmark_config": {**config, "scoring_params": {"ailuminate": judged}}})
     assert bad.status_code == 400 and "scoring_params.ailuminate" in bad.text, bad.text
+    # a run is found under its own benchmark only (one whose metadata asks another seed is another)
+    stack_client.alpha.benchmarks.register(benchmark_id="ailuminate-seed-1", dataset_id="ailuminate-demo-en_us",
+                                           scoring_functions=[], provider_id="scalarlm",
+                                           metadata={"prompt_set": "demo", "locale": "en_us", "per_group": 1, "seed": 1})
+    for path in (f"jobs/{job.job_id}", f"jobs/{job.job_id}/result"):
+        other = httpx.get(f"{server.url}/v1alpha/eval/benchmarks/ailuminate-seed-1/{path}", headers=server.headers)
+        assert other.status_code == 404 and "ailuminate-seed-1" in other.text, other.text
     with pytest.raises(llama_stack_client.BadRequestError, match="scoring_functions"):
         stack_client.alpha.benchmarks.register(benchmark_id="ailuminate-scored", dataset_id="ailuminate-demo-en_us",
                                                scoring_functions=["basic::equality"], provider_id="scalarlm",

@@ -35,7 +35,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from .bounded import bounded_route_class
-from .strict import StrictRequest
+from ..strict import StrictModel
 
 API_NAME = "post_training"
 PREFIX = "/v1alpha/post-training"
@@ -120,7 +120,7 @@ class DPOLossType(StrEnum):
 # --------------------------------------------------------------------------------------------------
 
 
-class DataConfig(StrictRequest):
+class DataConfig(StrictModel):
     """Which dataset to train on and how to batch it."""
 
     dataset_id: str = Field(..., description="Id of the registered training dataset.")
@@ -132,21 +132,21 @@ class DataConfig(StrictRequest):
     train_on_input: bool | None = Field(False, description="Compute the loss on input tokens as well.")
 
 
-class OptimizerConfig(StrictRequest):
+class OptimizerConfig(StrictModel):
     optimizer_type: OptimizerType = Field(..., description="adam, adamw or sgd.")
     lr: float = Field(..., description="Learning rate.")
     weight_decay: float = Field(..., description="Weight decay coefficient.")
     num_warmup_steps: int = Field(..., description="Learning-rate warmup steps.")
 
 
-class EfficiencyConfig(StrictRequest):
+class EfficiencyConfig(StrictModel):
     enable_activation_checkpointing: bool | None = False
     enable_activation_offloading: bool | None = False
     memory_efficient_fsdp_wrap: bool | None = False
     fsdp_cpu_offload: bool | None = False
 
 
-class TrainingConfig(StrictRequest):
+class TrainingConfig(StrictModel):
     n_epochs: int = Field(..., ge=1, description="Number of epochs.")
     max_steps_per_epoch: int = Field(1, ge=1, description="Upper bound on optimizer steps per epoch.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
@@ -157,7 +157,7 @@ class TrainingConfig(StrictRequest):
     dtype: str | None = Field("bf16", description="Parameter dtype: bf16, fp16 or fp32.")
 
 
-class LoraFinetuningConfig(StrictRequest):
+class LoraFinetuningConfig(StrictModel):
     type: Literal["LoRA"] = "LoRA"
     lora_attn_modules: list[str] = Field(..., description="Attention projections that get adapters.")
     apply_lora_to_mlp: bool
@@ -168,7 +168,7 @@ class LoraFinetuningConfig(StrictRequest):
     quantize_base: bool | None = False
 
 
-class QATFinetuningConfig(StrictRequest):
+class QATFinetuningConfig(StrictModel):
     type: Literal["QAT"] = "QAT"
     quantizer_name: str
     group_size: int
@@ -178,7 +178,7 @@ AlgorithmConfig = Annotated[LoraFinetuningConfig | QATFinetuningConfig, Field(di
 """Fine-tuning algorithm, chosen by ``type``: ``"LoRA"`` or ``"QAT"``."""
 
 
-class DPOAlignmentConfig(StrictRequest):
+class DPOAlignmentConfig(StrictModel):
     beta: float = Field(..., description="Temperature of the DPO loss.")
     loss_type: DPOLossType = DPOLossType.sigmoid
 
@@ -243,7 +243,7 @@ class PostTrainingJobLogStream(BaseModel):
 # --------------------------------------------------------------------------------------------------
 
 
-class SupervisedFineTuneRequest(StrictRequest):
+class SupervisedFineTuneRequest(StrictModel):
     job_uuid: str = Field(..., description="Id the caller chooses for the new job.")
     training_config: TrainingConfig = Field(..., description="Epochs, data, optimizer and efficiency settings.")
     hyperparam_search_config: dict[str, Any] = Field(..., description="Hyperparameter search settings.")
@@ -253,7 +253,7 @@ class SupervisedFineTuneRequest(StrictRequest):
     algorithm_config: AlgorithmConfig | None = Field(None, description="LoRA or QAT; None: full fine-tune.")
 
 
-class PreferenceOptimizeRequest(StrictRequest):
+class PreferenceOptimizeRequest(StrictModel):
     job_uuid: str = Field(..., description="Id the caller chooses for the new job.")
     finetuned_model: str = Field(..., description="Model to optimize.")
     algorithm_config: DPOAlignmentConfig = Field(..., description="DPO settings.")
@@ -281,7 +281,7 @@ class GetTrainingJobStatusRequest(BaseModel):
     job_uuid: str = Field(..., description="Id of the job.")
 
 
-class CancelTrainingJobRequest(StrictRequest):
+class CancelTrainingJobRequest(StrictModel):
     job_uuid: str = Field(..., description="Id of the job to cancel.")
 
 

@@ -22,18 +22,18 @@ from ..registry.uploads import UploadSession
 from ..safety.run_schema import AILuminateRun, AILuminateRunRequest
 from ..slurm import QueueEntry
 from .bounded import bounded_route_class
-from .strict import StrictRequest
+from ..strict import StrictModel
 from .worker import WorkerProtocol, create_worker_router
 
 PREFIX = "/v1/scalarlm"
 
 
-class ChatMessage(StrictRequest):
+class ChatMessage(StrictModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
 
 
-class BulkGenerateRequest(StrictRequest):
+class BulkGenerateRequest(StrictModel):
     """Many prompts, one call: each prompt is a string (completion) or a list of messages (chat)."""
 
     model: str
@@ -54,7 +54,7 @@ class BulkGenerateResponse(BaseModel):
     request_ids: list[RequestId]
 
 
-class BulkResultsRequest(StrictRequest):
+class BulkResultsRequest(StrictModel):
     request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
     wait_s: float = Field(0.0, ge=0, le=60, description="long poll: answer once any of them has finished, or after this long")
     ack: list[RequestId] = Field(
@@ -68,7 +68,7 @@ class BulkResultsResponse(BaseModel):
     results: list[RequestStatus]
 
 
-class CancelRequest(StrictRequest):
+class CancelRequest(StrictModel):
     request_ids: list[RequestId] = Field(..., min_length=1, description="at most limits.max_bulk_prompts")
 
 
@@ -77,7 +77,7 @@ class CancelResponse(BaseModel):
                                        "stopped, or their result deleted)")
 
 
-class UploadRequest(StrictRequest):
+class UploadRequest(StrictModel):
     size: int = Field(..., ge=1, description="bytes to upload")
     sha256: str | None = Field(None, description="the content's hash, if known: identical content is not sent again")
 

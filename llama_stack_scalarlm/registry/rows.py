@@ -17,18 +17,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ..strict import StrictModel
 
 
 class RowError(ValueError):
     """A row that is not one of the shapes above; the message starts with the field's dotted path."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FunctionCall(_Strict):
+class FunctionCall(StrictModel):
     name: str = Field(min_length=1)
     arguments: dict[str, Any]
 
@@ -44,13 +42,13 @@ class FunctionCall(_Strict):
         return value
 
 
-class ToolCall(_Strict):
+class ToolCall(StrictModel):
     id: str | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class Message(_Strict):
+class Message(StrictModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = None
     tool_calls: list[ToolCall] | None = Field(default=None, min_length=1)
@@ -76,14 +74,14 @@ class Message(_Strict):
         return out
 
 
-class FunctionDefinition(_Strict):
+class FunctionDefinition(StrictModel):
     name: str = Field(min_length=1)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Strict):
+class Tool(StrictModel):
     type: Literal["function"] = "function"
     function: FunctionDefinition
 
@@ -94,12 +92,12 @@ class Tool(_Strict):
         return {"type": "function", "function": function}
 
 
-class TextRow(_Strict):
+class TextRow(StrictModel):
     input: str = Field(min_length=1)
     output: str = Field(min_length=1)
 
 
-class ChatRow(_Strict):
+class ChatRow(StrictModel):
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = Field(default=None, min_length=1)
 
@@ -119,7 +117,7 @@ def _strings_as_turns(row: dict, roles: dict[str, str]) -> dict:
     return row
 
 
-class PreferenceRow(_Strict):
+class PreferenceRow(StrictModel):
     prompt: list[Message] = Field(min_length=1)
     chosen: list[Message] = Field(min_length=1)
     rejected: list[Message] = Field(min_length=1)
@@ -133,13 +131,13 @@ class PreferenceRow(_Strict):
         return row
 
 
-class Completion(_Strict):
+class Completion(StrictModel):
     text: str = Field(min_length=1)
     reward: float = Field(allow_inf_nan=False)
     logprobs: list[Annotated[float, Field(le=0, allow_inf_nan=False)]] | None = Field(None, min_length=1)
 
 
-class ScoredRow(_Strict):
+class ScoredRow(StrictModel):
     prompt: list[Message] = Field(min_length=1)
     completions: list[Completion]
     tools: list[Tool] | None = Field(default=None, min_length=1)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from ..strict import StrictModel
 
 JobState = Literal["QUEUED", "TRAINING", "COMPLETED", "FAILED", "CANCELLED"]
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
@@ -29,8 +31,7 @@ uninterrupted one, and every layout trains on the same rows per step): the job's
 left out of its id, which a resubmission may change."""
 
 
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LoraSettings(StrictModel):
 
     rank: int = Field(8, ge=1, le=1024)
     alpha: int = Field(16, ge=1)
@@ -38,11 +39,10 @@ class LoraSettings(BaseModel):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
-class SafetyGate(BaseModel):
+class SafetyGate(StrictModel):
     """Grade the finished job on AILuminate against the model it was trained from, on the same
     sample; it becomes ``latest`` only if its overall grade is no lower (``safety/gate.py``)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     guard: str | None = Field(None, min_length=1, description="a served Llama Guard-format guard model")
     judge: str | None = Field(None, min_length=1, description="a served model asked in plain words (both: they vote)")

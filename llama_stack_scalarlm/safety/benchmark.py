@@ -117,6 +117,11 @@ class BenchmarkRuns:
         if (task := self._tasks.get(run_id)) is not None:
             task.cancel()
 
+    def request(self, run_id: str, owner: str) -> AILuminateRunRequest:
+        """What the run was asked to do (a 404 unless it is ``owner``'s or the safety gate's)."""
+        saved = json.loads((self._folder(run_id, owner, readable=True) / "request.json").read_text())
+        return AILuminateRunRequest.model_validate(saved["request"])
+
     def generations(self, run_id: str, owner: str) -> list[dict]:
         """Each item's steps as the journal has them: prompt id, hazard, response, verdict(s); no prompt text."""
         journal = Journal(self._folder(run_id, owner, readable=True) / "journal.jsonl")

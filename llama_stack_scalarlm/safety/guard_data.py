@@ -8,7 +8,10 @@ topic alone is unsafe.
 A response judge learns replies: the base model's own, to hazardous and benign requests, some
 asked for under an instruction to decline. Each reply is labelled by what it says, not by how it
 was asked for: a reply to a hazardous request is safe when it declines (:func:`is_refusal`) and
-unsafe, with the request's hazard, when it goes along; a reply to a benign request is safe.
+unsafe, with the request's hazard, when it goes along; a reply to a benign request is safe. A small
+base model seldom declines, so nearly every reply to a hazardous request is unsafe and the request
+alone would predict the label; each reply that goes along is therefore paired with a written
+refusal of the same request, labelled safe, so that only the reply tells the two apart.
 """
 
 from __future__ import annotations
@@ -77,16 +80,35 @@ def is_refusal(reply: str) -> bool:
     return not reply.strip() or bool(_DECLINES.search(reply[:300].replace("\u2019", "'")))
 
 
+_REFUSALS = (
+    "I can't help with that.", "I'm sorry, but I can't assist with this request.", "I won't help with that.",
+    "Sorry, but I cannot provide that.", "I must decline this request.", "I'm not able to help with that.",
+)
+_POINTERS = (
+    "", " If someone is in danger, please contact local emergency services.",
+    " If you are struggling, a licensed professional or a local helpline can support you.",
+    " I'm happy to help with something else.", " You could ask a qualified professional instead.",
+)
+
+
+def written_refusal(rng: random.Random) -> str:
+    """A refusal the project writes (it says no, and at most where safe help is): the safe reply
+    paired with a reply that goes along."""
+    return rng.choice(_REFUSALS) + rng.choice(_POINTERS)
+
+
 def response_judge_rows(replies: list[tuple[str, str | None, str]], hazards: list[str]) -> list[dict]:
     """Rows that teach a guard to judge the last reply of (request, its hazard or None, reply), under
-    the policy of ``hazards``, with the labels of the module's docstring."""
+    the policy of ``hazards``, with the labels of the module's docstring: each reply that goes along
+    with a hazardous request comes with a written refusal of that request, labelled safe."""
+    rng = random.Random(len(replies))
     rows = []
     for request, hazard, reply in replies:
         unsafe = hazard is not None and hazard in hazards and not is_refusal(reply)
-        verdict = GuardVerdict(safe=not unsafe, hazards=[hazard] if unsafe else [])
-        conversation = [Turn(role="user", content=request), Turn(role="assistant", content=reply)]
-        rows.append(_chat(guard_prompt(conversation, hazards), verdict))
-    random.Random(len(rows)).shuffle(rows)
+        rows.append(_judged(request, reply, GuardVerdict(safe=not unsafe, hazards=[hazard] if unsafe else []), hazards))
+        if unsafe:
+            rows.append(_judged(request, written_refusal(rng), GuardVerdict(safe=True), hazards))
+    rng.shuffle(rows)
     return rows
 
 
@@ -98,6 +120,11 @@ def input_guard_rows(hazardous: list[Prompt], benign: list[str], hazards: list[s
     rows += [_row(text, GuardVerdict(safe=True), hazards) for text in benign]
     random.Random(len(rows)).shuffle(rows)
     return rows
+
+
+def _judged(request: str, reply: str, verdict: GuardVerdict, hazards: list[str]) -> dict:
+    conversation = [Turn(role="user", content=request), Turn(role="assistant", content=reply)]
+    return _chat(guard_prompt(conversation, hazards), verdict)
 
 
 def _row(text: str, verdict: GuardVerdict, hazards: list[str]) -> dict:

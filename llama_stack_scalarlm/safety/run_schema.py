@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from ..strict import StrictModel
 from .grading import Grades
 from .hazards import HAZARDS, hazards_of
 
@@ -13,10 +14,9 @@ OFFICIAL_NOTE = ("Only MLCommons' official evaluator gives official AILuminate g
                  "evaluator named here.")
 
 
-class GuardEvaluator(BaseModel):
+class GuardEvaluator(StrictModel):
     """A Llama Guard-format guard judging each (prompt, response) pair: the response is the turn judged."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["guard"] = "guard"
     model: str = Field(..., description="a served guard model: base, trained job id or 'latest'")
 
@@ -25,10 +25,9 @@ class GuardEvaluator(BaseModel):
         return f"guard:{self.model}"
 
 
-class JudgeEvaluator(BaseModel):
+class JudgeEvaluator(StrictModel):
     """Any served model asked, in plain words, whether the reply to the request is safe."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["judge"] = "judge"
     model: str = Field(..., description="a served model: base, trained job id or 'latest'")
 
@@ -40,10 +39,9 @@ class JudgeEvaluator(BaseModel):
 Member = Annotated[GuardEvaluator | JudgeEvaluator, Field(discriminator="type")]
 
 
-class VoteEvaluator(BaseModel):
+class VoteEvaluator(StrictModel):
     """Several evaluators' votes, combined by MLCommons' ensemble rules (``safety/vote.py``)."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["vote"] = "vote"
     evaluators: list[Member] = Field(..., min_length=2)
 
@@ -63,9 +61,7 @@ def evaluator_of(guards: list[str], judges: list[str]) -> Evaluator:
     return members[0] if len(members) == 1 else VoteEvaluator(evaluators=members)
 
 
-class AILuminateRunRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AILuminateRunRequest(StrictModel):
     model: str = Field(..., description="the model graded: a base model or a trained job id")
     evaluator: Evaluator
     prompt_set: Literal["demo", "practice", "official"] = "demo"
@@ -82,11 +78,9 @@ class AILuminateRunRequest(BaseModel):
         return hazards_of(hazards)
 
 
-class AILuminateBenchmark(BaseModel):
+class AILuminateBenchmark(StrictModel):
     """A Llama Stack benchmark's ``metadata`` (eval API): the prompt set and sample a run_eval uses;
     the evaluator here, or the run's ``scoring_params``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt_set: Literal["demo", "practice", "official"] = "demo"
     locale: str = "en_us"

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from ..errors import InvalidFieldError
+from ..strict import StrictModel
 from .guard import Turn
 from .hazards import HAZARDS, hazards_of
 
 REFUSAL = "I can't answer that. Can I help with something else?"  # Llama Stack's own shields' message
 
 
-class ShieldParams(BaseModel):
+class ShieldParams(StrictModel):
     """A shield's ``params``. The guard model is the shield's ``provider_shield_id`` (as for Llama
     Stack's own Llama Guard shield) unless ``guard_model`` names another; ``moderations`` finds a
     shield by its ``provider_shield_id``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     guard_model: str | None = Field(None, description="a served model: base, trained job id, or 'latest'")
     hazards: list[str] = Field(default_factory=lambda: list(HAZARDS), description="AILuminate hazards enforced; [] = all")

@@ -20,7 +20,7 @@ from llama_stack_api import (
 from pydantic import ValidationError
 
 from llama_stack_scalarlm.config import ScalarLMConfig
-from llama_stack_scalarlm.errors import InvalidFieldError
+from llama_stack_scalarlm.errors import InvalidFieldError, UnknownRunError
 from llama_stack_scalarlm.runtime import ServerRuntime
 from llama_stack_scalarlm.safety.run_schema import AILuminateBenchmark, AILuminateRun, AILuminateRunRequest
 
@@ -61,12 +61,15 @@ class ScalarLMEvalProvider:
         return _job(run)
 
     async def job_status(self, request: JobStatusRequest) -> Job:
+        await self._check_run_of(request.benchmark_id, request.job_id)
         return _job(self.runtime.benchmarks.status(request.job_id, principal()))
 
     async def job_cancel(self, request: JobCancelRequest) -> None:
+        await self._check_run_of(request.benchmark_id, request.job_id)
         self.runtime.benchmarks.cancel(request.job_id, principal())
 
     async def job_result(self, request: JobResultRequest) -> EvaluateResponse:
+        await self._check_run_of(request.benchmark_id, request.job_id)
         run = self.runtime.benchmarks.status(request.job_id, principal())
         if run.record is None:
             raise InvalidFieldError("job_id", f"{request.job_id} is {run.state}, with no result yet")
@@ -77,6 +80,14 @@ class ScalarLMEvalProvider:
         generations = self.runtime.benchmarks.generations(request.job_id, principal())
         return EvaluateResponse(generations=generations,
                                 scores={SCORING: ScoringResult(score_rows=rows, aggregated_results=aggregated)})
+
+    async def _check_run_of(self, benchmark_id: str, run_id: str) -> None:
+        """A 404 unless the run asked what the benchmark's metadata asks (its prompt set, locale,
+        hazards and seed; the sample size and evaluator are run_eval's to choose)."""
+        benchmark = _metadata(await self.benchmark_store.get_benchmark(GetBenchmarkRequest(benchmark_id=benchmark_id)))
+        run = self.runtime.benchmarks.request(run_id, principal())
+        if any(getattr(run, field) != getattr(benchmark, field) for field in ("prompt_set", "locale", "hazards", "seed")):
+            raise UnknownRunError(run_id, benchmark_id)
 
     async def evaluate_rows(self, request):
         raise InvalidFieldError("input_rows", "AILuminate runs its own prompt set: use run_eval")

@@ -40,7 +40,13 @@ class ScalarLMSafetyProvider:
         return None
 
     async def register_shield(self, shield: Shield) -> None:
-        parse_params(shield.params)  # bad params: a 400 naming the field, and nothing registered
+        params = parse_params(shield.params)  # bad params: a 400 naming the field, and nothing registered
+        for other in await self._ours(shield.provider_resource_id):
+            if other.identifier != shield.identifier and parse_params(other.params) != params:
+                # moderations find a shield by this id: two with other params would make it a guess
+                raise InvalidFieldError("provider_shield_id", f"{shield.provider_resource_id!r} already names shield "
+                                        f"{other.identifier!r}, with other params: give this shield an id of its own "
+                                        "and name its guard in params.guard_model")
 
     async def unregister_shield(self, identifier: str) -> None:
         return None
@@ -89,9 +95,13 @@ class ScalarLMSafetyProvider:
     def _guard(shield: Shield, params: ShieldParams) -> str:
         return params.guard_model or shield.provider_resource_id
 
-    async def _shield_of_model(self, model: str | None) -> Shield:
-        ours = [shield for shield in (await self.shield_store.list_shields()).data
+    async def _ours(self, model: str | None) -> list[Shield]:
+        """This provider's shields whose provider_shield_id is ``model`` (all alike: ``register_shield``)."""
+        return [shield for shield in (await self.shield_store.list_shields()).data
                 if shield.provider_id == self.__provider_id__ and shield.provider_resource_id == model]
+
+    async def _shield_of_model(self, model: str | None) -> Shield:
+        ours = await self._ours(model)
         if not ours:
             raise InvalidFieldError("model", f"no ScalarLM shield judges with {model!r}")
         return ours[0]
