@@ -13,7 +13,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: setup
-	$(PY) -m pytest -v -rs --durations=15
+	$(PY) -m pytest -v -rs --durations=40
 
 # Each bench writes its section of bench/out/results.json (the README's figures); the last line prints them all.
 bench: setup
