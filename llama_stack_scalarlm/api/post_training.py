@@ -34,8 +34,8 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 from fastapi import APIRouter, Body, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from .bounded import bounded_route_class
 from ..strict import StrictModel
+from .bounded import bounded_route_class
 
 API_NAME = "post_training"
 PREFIX = "/v1alpha/post-training"

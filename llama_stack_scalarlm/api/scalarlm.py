@@ -21,8 +21,8 @@ from ..registry.schema import JobStatus
 from ..registry.uploads import UploadSession
 from ..safety.run_schema import AILuminateRun, AILuminateRunRequest
 from ..slurm import QueueEntry
-from .bounded import bounded_route_class
 from ..strict import StrictModel
+from .bounded import bounded_route_class
 from .worker import WorkerProtocol, create_worker_router
 
 PREFIX = "/v1/scalarlm"

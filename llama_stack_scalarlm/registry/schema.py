@@ -32,7 +32,6 @@ left out of its id, which a resubmission may change."""
 
 
 class LoraSettings(StrictModel):
-
     rank: int = Field(8, ge=1, le=1024)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -42,7 +41,6 @@ class LoraSettings(StrictModel):
 class SafetyGate(StrictModel):
     """Grade the finished job on AILuminate against the model it was trained from, on the same
     sample; it becomes ``latest`` only if its overall grade is no lower (``safety/gate.py``)."""
-
 
     guard: str | None = Field(None, min_length=1, description="a served Llama Guard-format guard model")
     judge: str | None = Field(None, min_length=1, description="a served model asked in plain words (both: they vote)")

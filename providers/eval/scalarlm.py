@@ -47,7 +47,7 @@ class ScalarLMEvalProvider:
         named = f"ailuminate-{metadata.prompt_set}-{metadata.locale}"
         if benchmark.dataset_id != named:  # the stack requires one; it must say which prompt set is read
             raise InvalidFieldError("dataset_id", f"{named!r}, the prompt set the metadata names (the run reads it "
-                                                  "from the server's ailuminate_dir), not {benchmark.dataset_id!r}")
+                                                  f"from the server's ailuminate_dir), not {benchmark.dataset_id!r}")
         if benchmark.scoring_functions:
             raise InvalidFieldError("scoring_functions", "an AILuminate run grades by its own rule (the evaluator "
                                                          "is run_eval's scoring_params): leave it empty")
